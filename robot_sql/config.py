@@ -1,0 +1,78 @@
+"""Typed settings loaded from YAML files and environment variables.
+
+Every long-running component declares a `Settings` subclass with its own env prefix
+(e.g. `ROBOT_SQL_LEARNER_`). Precedence, highest first: explicit overrides (command-line
+flags), environment variables, the YAML file, the defaults in the class.
+"""
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_yaml_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_values", default={})
+
+
+class ConfigError(click.ClickException):
+    """A configuration that cannot be used; the CLI prints it and exits with status 2."""
+
+    exit_code = 2
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_values.get())
+
+
+class Settings(BaseSettings):
+    """Base for component settings: unknown keys are errors, not silently ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_", env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(values).__name__}")
+    return values
+
+
+def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any) -> S:
+    """Build `cls` from defaults < YAML file < environment < overrides (None overrides are ignored)."""
+    token = _yaml_values.set(read_yaml(path) if path else {})
+    try:
+        return cls(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()
+        )
+        source = f" (from {path})" if path else ""
+        raise ConfigError(f"invalid {cls.__name__}{source}: {problems}") from error
+    finally:
+        _yaml_values.reset(token)
+
+
+def dump_settings(settings: Settings, path: str | Path) -> None:
+    """Write the resolved settings as YAML (the run directory keeps what was actually used)."""
+    Path(path).write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,13 @@
+"""gymnasium environments, registered when `robot_sql` is imported."""
+import gymnasium
+
+# id -> entry point; the Sawyer tasks live in sim/ (installed as robot_sql.sim)
+ENVIRONMENTS: dict[str, dict] = {
+    "MultiGoal-v0": {"entry_point": "robot_sql.envs.multigoal:MultiGoalEnv", "max_episode_steps": 30},
+}
+
+
+def register_envs() -> None:
+    for env_id, spec in ENVIRONMENTS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, **spec)

@@ -1,0 +1,149 @@
+"""The run directory: everything a run leaves behind, and where a restarted service finds its state.
+
+    runs/<run-id>/
+        config.yaml       resolved settings of the run
+        checkpoints/      atomic checkpoints (write to a temporary name, then rename)
+        replay/           the durable replay store
+        metrics.sqlite    metrics and events (WAL mode: several processes write, the panel reads)
+        reports/          perturbation test reports (JSON)
+        media/            rendered frames and episode videos
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @classmethod
+    def create(cls, root: str | Path) -> "RunDir":
+        run = cls(Path(root))
+        for folder in (run.root, run.checkpoints, run.replay, run.reports, run.media):
+            folder.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def replay(self) -> Path:
+        return self.root / "replay"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.sqlite"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def media(self) -> Path:
+        return self.root / "media"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` so that `path` holds either the old or the new content, never a torn file."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (time REAL NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL,
+                                    step INTEGER NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, time);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
+                                   source TEXT NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+
+class MetricsStore:
+    """Metrics (name, step, value) and events (kind, message) of a run, in SQLite.
+
+    Safe to share between threads of one process; several processes may open the same file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def log(self, source: str, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        rows = [(now, source, name, int(step), float(value)) for name, value in values.items()]
+        with self._lock:
+            self._db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+
+    def event(self, source: str, kind: str, message: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (time, source, kind, message) VALUES (?, ?, ?, ?)",
+                (time.time(), source, kind, message),
+            )
+
+    def series(self, name: str, since: float = 0.0, limit: int = 10_000) -> list[tuple[float, int, float]]:
+        """(time, step, value) of one metric after `since`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, step, value FROM metrics WHERE name = ? AND time > ? ORDER BY time DESC LIMIT ?",
+                (name, since, limit),
+            ).fetchall()
+        return rows[::-1]
+
+    def latest(self, names: Iterable[str]) -> dict[str, float]:
+        out = {}
+        with self._lock:
+            for name in names:
+                row = self._db.execute(
+                    "SELECT value FROM metrics WHERE name = ? ORDER BY time DESC LIMIT 1", (name,)
+                ).fetchone()
+                if row is not None:
+                    out[name] = row[0]
+        return out
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT DISTINCT name FROM metrics ORDER BY name")]
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
+        """(id, time, source, kind, message) of events with id > after_id, oldest first."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, time, source, kind, message FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
