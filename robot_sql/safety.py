@@ -1,0 +1,149 @@
+"""The safety filter between a policy and the arm: every velocity command passes through here.
+
+Pure and fast (numpy only, no I/O): given the command the policy asks for and what is known
+about the arm right now, `SafetyFilter.check` returns either a velocity that is safe to send
+or None, which means "stop commanding velocity and hold the current angles". In order:
+
+1. e-stop latched, joint state older than `stale_after` s, or any NaN/inf in the command or
+   the state -> hold;
+2. velocity limits: the whole command is scaled down (direction kept) until every joint is
+   within its limit;
+3. joint position limits: within `slowdown_margin` rad of a limit, the speed allowed towards
+   it falls linearly to zero (moving away is always allowed);
+4. end-effector workspace box: the command is scaled so that the end effector, moving at
+   the commanded velocity for `lookahead` s, stays inside the box; outside the box only
+   motion back towards it is allowed. Without a Jacobian the direction of end-effector motion
+   is unknown, so an end effector outside the box means hold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_sql import sawyer
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    position_lower: np.ndarray
+    position_upper: np.ndarray
+    velocity_max: np.ndarray
+    workspace_low: np.ndarray  # end-effector box in the base frame (m)
+    workspace_high: np.ndarray
+    slowdown_margin: float = 0.15  # rad
+    stale_after: float = 0.05  # s; a few joint-state periods
+    lookahead: float = 0.1  # s
+
+    @classmethod
+    def sawyer(
+        cls,
+        speed_fraction: float,
+        workspace_low,
+        workspace_high,
+        slowdown_margin: float = 0.15,
+        stale_after: float = 0.05,
+        lookahead: float = 0.1,
+    ) -> "SafetyLimits":
+        """The Sawyer's joint limits with velocities scaled by `speed_fraction` (0, 1]."""
+        if not 0.0 < speed_fraction <= 1.0:
+            raise ValueError(f"speed_fraction must be in (0, 1], got {speed_fraction}")
+        return cls(
+            position_lower=np.asarray(sawyer.POSITION_LOWER),
+            position_upper=np.asarray(sawyer.POSITION_UPPER),
+            velocity_max=speed_fraction * np.asarray(sawyer.VELOCITY_LIMITS),
+            workspace_low=np.asarray(workspace_low, dtype=np.float64),
+            workspace_high=np.asarray(workspace_high, dtype=np.float64),
+            slowdown_margin=slowdown_margin,
+            stale_after=stale_after,
+            lookahead=lookahead,
+        )
+
+    def __post_init__(self):
+        for name in ("position_lower", "position_upper", "velocity_max", "workspace_low", "workspace_high"):
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"safety limit {name} must be finite, got {value.tolist()}")
+            object.__setattr__(self, name, value)
+        if self.workspace_low.shape != (3,) or self.workspace_high.shape != (3,):
+            raise ValueError("the workspace box needs 3 lower and 3 upper values (x, y, z in m)")
+        if np.any(self.workspace_low >= self.workspace_high):
+            raise ValueError(f"empty workspace box: low {self.workspace_low.tolist()} high {self.workspace_high.tolist()}")
+        if np.any(self.velocity_max <= 0) or np.any(self.position_lower >= self.position_upper):
+            raise ValueError("velocity limits must be positive and each lower joint limit below the upper one")
+        if min(self.slowdown_margin, self.stale_after, self.lookahead) <= 0:
+            raise ValueError("slowdown_margin, stale_after and lookahead must be positive")
+
+
+@dataclass(frozen=True)
+class Decision:
+    velocity: np.ndarray | None  # None: hold
+    reason: str  # "ok", "limited" (the command was changed) or why the arm holds
+
+    @property
+    def hold(self) -> bool:
+        return self.velocity is None
+
+
+class SafetyFilter:
+    def __init__(self, limits: SafetyLimits):
+        self.limits = limits
+
+    def check(
+        self,
+        command,
+        joint_positions,
+        ee_position,
+        state_age: float,
+        estopped: bool = False,
+        jacobian=None,
+    ) -> Decision:
+        """The velocity to send for `command`, or hold; `jacobian` is d(ee position)/dq, 3 x 7."""
+        limits = self.limits
+        if estopped:
+            return Decision(None, "estop")
+        if not state_age <= limits.stale_after:  # NaN ages are stale too
+            return Decision(None, "stale joint state")
+        command = np.asarray(command, dtype=np.float64)
+        q = np.asarray(joint_positions, dtype=np.float64)
+        ee = np.asarray(ee_position, dtype=np.float64)
+        if command.shape != limits.velocity_max.shape or q.shape != limits.velocity_max.shape or ee.shape != (3,):
+            return Decision(None, "wrong shape")
+        if not np.all(np.isfinite(command)):
+            return Decision(None, "non-finite command")
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(ee))):
+            return Decision(None, "non-finite state")
+
+        velocity = command * min(1.0, float(np.min(limits.velocity_max / np.maximum(np.abs(command), 1e-12))))
+
+        # speed allowed towards each joint limit ramps to zero over the margin
+        room_up = np.clip((limits.position_upper - q) / limits.slowdown_margin, 0.0, 1.0)
+        room_down = np.clip((q - limits.position_lower) / limits.slowdown_margin, 0.0, 1.0)
+        velocity = np.clip(velocity, -limits.velocity_max * room_down, limits.velocity_max * room_up)
+
+        if jacobian is None:
+            if np.any(ee < limits.workspace_low) or np.any(ee > limits.workspace_high):
+                return Decision(None, "end effector outside the workspace")
+        else:
+            jacobian = np.asarray(jacobian, dtype=np.float64)
+            if jacobian.shape != (3, q.shape[0]) or not np.all(np.isfinite(jacobian)):
+                return Decision(None, "bad jacobian")
+            velocity = velocity * self._workspace_scale(ee, jacobian @ velocity)
+
+        changed = not np.allclose(velocity, command, rtol=0.0, atol=1e-12)
+        return Decision(velocity, "limited" if changed else "ok")
+
+    def _workspace_scale(self, ee: np.ndarray, ee_velocity: np.ndarray) -> float:
+        """Largest s in [0, 1] keeping ee + s * ee_velocity * lookahead inside the box (per outward axis)."""
+        limits = self.limits
+        step = ee_velocity * limits.lookahead
+        scale = 1.0
+        for axis in range(3):
+            if step[axis] > 0:
+                room = limits.workspace_high[axis] - ee[axis]
+            elif step[axis] < 0:
+                room = ee[axis] - limits.workspace_low[axis]
+            else:
+                continue
+            scale = min(scale, max(room, 0.0) / abs(step[axis]))
+        return float(min(scale, 1.0))
