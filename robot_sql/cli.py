@@ -12,6 +12,8 @@ import click
 
 # name -> ("module:attribute" of a click command or group, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("robot_sql.train:train_command", "Train SQL on an environment in one process (2-D tasks, Sawyer envs)."),
+    "eval": ("robot_sql.train:eval_command", "Evaluate an agent checkpoint; writes eval.json."),
 }
 
 

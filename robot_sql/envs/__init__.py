@@ -3,7 +3,12 @@ import gymnasium
 
 # id -> entry point; the Sawyer tasks live in sim/ (installed as robot_sql.sim)
 ENVIRONMENTS: dict[str, dict] = {
-    "MultiGoal-v0": {"entry_point": "robot_sql.envs.multigoal:MultiGoalEnv", "max_episode_steps": 30},
+    "MultiGoal-v0": {"entry_point": "robot_sql.envs.point_mass:MultiGoalEnv", "max_episode_steps": 30},
+    "PointLineX-v0": {"entry_point": "robot_sql.envs.point_mass:LineXEnv", "max_episode_steps": 20},
+    "PointLineY-v0": {"entry_point": "robot_sql.envs.point_mass:LineYEnv", "max_episode_steps": 20},
+    "PointCorner-v0": {"entry_point": "robot_sql.envs.point_mass:CornerEnv", "max_episode_steps": 20},
+    "PointRun-v0": {"entry_point": "robot_sql.envs.point_mass:RunEnv", "max_episode_steps": 30},
+    "PointSingleGoal-v0": {"entry_point": "robot_sql.envs.point_mass:SingleGoalEnv", "max_episode_steps": 30},
 }
 
 

@@ -1,0 +1,391 @@
+"""Soft Q-learning (SQL): Haarnoja, Tang, Abbeel, Levine, "Reinforcement Learning with Deep
+Energy-Based Policies", ICML 2017 (arXiv 1702.08165).
+
+Read top to bottom beside the paper. Equation numbers are the paper's; where the authors'
+reference code (haarnoja/softqlearning, algorithms/sql.py and misc/kernel.py) differs from
+the paper, we follow the code, as it is what produced the published results:
+  * alpha never appears: rewards are multiplied by `reward_scale` (= 1 / alpha);
+  * the soft value uses M actions drawn uniformly from [-1, 1]^D, shared by the batch;
+  * the kernel bandwidth is median(squared distances) / log(number of fixed particles).
+
+Pure PyTorch, no I/O beyond `save`/`load`. Shapes in comments: B batch, K sampler
+particles (Kf fixed, Ku updated), M value particles, D action dim, S observation dim.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robot_sql.rundir import atomic_write_bytes
+
+BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+SQUASH_EPSILON = 1e-6  # inside log(1 - a^2 + eps), as in the reference code
+KERNEL_MIN_BANDWIDTH = 1e-3
+
+
+@dataclass
+class SQLConfig:
+    obs_dim: int
+    act_dim: int
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    kernel_particles: int = 16  # K: actions drawn per state for the SVGD update
+    kernel_update_ratio: float = 0.5  # fraction of the K particles that are "updated" (the rest are "fixed")
+    value_particles: int = 16  # M: uniform actions for the importance-sampled soft value
+    reward_scale: float = 1.0  # = 1 / alpha
+    discount: float = 0.99
+    q_lr: float = 3e-4
+    policy_lr: float = 3e-4
+    batch_size: int = 128
+    target_update: str = "hard"  # "hard": copy every target_update_interval updates; "polyak": tau every update
+    target_update_interval: int = 1000
+    tau: float = 0.005
+    twin_q: bool = False  # min of two Q-functions in the target, as in softlearning
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(int(size) for size in self.hidden_sizes)
+        problems = []
+        if self.obs_dim < 1 or self.act_dim < 1:
+            problems.append(f"obs_dim and act_dim must be >= 1 (got {self.obs_dim}, {self.act_dim})")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            problems.append(f"hidden_sizes must be non-empty and positive (got {self.hidden_sizes})")
+        if not 0.0 < self.kernel_update_ratio < 1.0:
+            problems.append(f"kernel_update_ratio must be in (0, 1) (got {self.kernel_update_ratio})")
+        n_updated = int(self.kernel_particles * self.kernel_update_ratio)
+        if n_updated < 1 or self.kernel_particles - n_updated < 2:
+            problems.append(
+                f"kernel_particles={self.kernel_particles} with ratio {self.kernel_update_ratio} must leave >= 1 "
+                "updated and >= 2 fixed particles"
+            )
+        if self.value_particles < 1:
+            problems.append(f"value_particles must be >= 1 (got {self.value_particles})")
+        if not self.reward_scale > 0:
+            problems.append(f"reward_scale must be > 0 (got {self.reward_scale})")
+        if not 0.0 <= self.discount <= 1.0:
+            problems.append(f"discount must be in [0, 1] (got {self.discount})")
+        if self.q_lr <= 0 or self.policy_lr <= 0:
+            problems.append("learning rates must be > 0")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if self.target_update not in ("hard", "polyak"):
+            problems.append(f"target_update must be 'hard' or 'polyak' (got {self.target_update!r})")
+        if self.target_update_interval < 1:
+            problems.append(f"target_update_interval must be >= 1 (got {self.target_update_interval})")
+        if not 0.0 < self.tau <= 1.0:
+            problems.append(f"tau must be in (0, 1] (got {self.tau})")
+        if problems:
+            raise ValueError("invalid SQLConfig: " + "; ".join(problems))
+
+    @property
+    def n_fixed(self) -> int:
+        return self.kernel_particles - self.n_updated
+
+    @property
+    def n_updated(self) -> int:
+        return int(self.kernel_particles * self.kernel_update_ratio)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) -> scalar; with twin=True two independent heads, combined by min in the target."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], twin: bool = False):
+        super().__init__()
+        sizes = [obs_dim + act_dim, *hidden_sizes, 1]
+        self.heads = nn.ModuleList([mlp(sizes) for _ in range(2 if twin else 1)])
+
+    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
+        """observations [..., S], actions [..., D] -> [n_heads, ...]"""
+        inputs = torch.cat([observations, actions], dim=-1)
+        return torch.stack([head(inputs).squeeze(-1) for head in self.heads])
+
+
+class Sampler(nn.Module):
+    """The amortised SVGD policy a = tanh(f(s, xi)), xi ~ N(0, I_D).
+
+    As in the reference StochasticNNPolicy: observation and noise each get their own first-layer
+    weights (summed, one bias), ReLU hidden layers, a linear output squashed by tanh.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (128, 128)):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.hidden_sizes = obs_dim, act_dim, tuple(hidden_sizes)
+        self.obs_layer = nn.Linear(obs_dim, hidden_sizes[0])
+        self.noise_layer = nn.Linear(act_dim, hidden_sizes[0], bias=False)
+        self.body = mlp([*hidden_sizes, act_dim])
+
+    def forward(self, observations: Tensor, noise: Tensor) -> Tensor:
+        """observations [..., S], noise [..., D] -> actions [..., D] in (-1, 1)"""
+        hidden = torch.relu(self.obs_layer(observations) + self.noise_layer(noise))
+        return torch.tanh(self.body(hidden))
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray, noise: np.ndarray | None = None, generator: torch.Generator | None = None) -> np.ndarray:
+        """One action per observation ([S] -> [D], [B, S] -> [B, D]); fresh noise unless given."""
+        parameter = self.obs_layer.weight
+        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=parameter.device)
+        if obs.shape[-1] != self.obs_dim or obs.dim() not in (1, 2):
+            raise ValueError(f"observation must have shape [{self.obs_dim}] or [B, {self.obs_dim}], got {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf")
+        if noise is None:
+            xi = torch.randn((*obs.shape[:-1], self.act_dim), generator=generator, device=parameter.device)
+        else:
+            xi = torch.as_tensor(np.asarray(noise, dtype=np.float32), device=parameter.device)
+            if xi.shape != (*obs.shape[:-1], self.act_dim):
+                raise ValueError(f"noise must have shape {(*obs.shape[:-1], self.act_dim)}, got {tuple(xi.shape)}")
+        return self(obs, xi).cpu().numpy()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The parameters as float32 numpy arrays: what the learner sends to actors."""
+        return {name: tensor.detach().cpu().numpy().astype(np.float32) for name, tensor in self.state_dict().items()}
+
+    def load_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load weights from `weights()`; names, shapes and finiteness are checked first."""
+        own = self.state_dict()
+        if set(weights) != set(own):
+            raise ValueError(f"weights have names {sorted(weights)}, expected {sorted(own)}")
+        for name, value in weights.items():
+            if tuple(np.shape(value)) != tuple(own[name].shape):
+                raise ValueError(f"weight {name} has shape {np.shape(value)}, expected {tuple(own[name].shape)}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"weight {name} contains NaN or inf")
+        self.load_state_dict({name: torch.as_tensor(np.asarray(value)) for name, value in weights.items()})
+
+
+def rbf_kernel(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Adaptive isotropic Gaussian kernel of the reference code (misc/kernel.py).
+
+    xs [..., Kx, D], ys [..., Ky, D] ->
+      k      [..., Kx, Ky]      k(x, y) = exp(-||x - y||^2 / h)
+      grad_x [..., Kx, Ky, D]   d k(x, y) / dx = -2 (x - y) / h * k(x, y)
+      h      [...]              median of the Kx*Ky squared distances / log(Kx), at least 1e-3,
+                                treated as a constant (no gradient through h).
+    """
+    diff = xs.unsqueeze(-2) - ys.unsqueeze(-3)  # [..., Kx, Ky, D]
+    dist_sq = diff.pow(2).sum(-1)  # [..., Kx, Ky]
+    # torch.median returns the lower middle value, as the reference's top_k(n // 2 + 1) does.
+    median = dist_sq.detach().flatten(-2).median(dim=-1).values  # [...]
+    h = torch.clamp(median / math.log(xs.shape[-2]), min=KERNEL_MIN_BANDWIDTH)
+    h_ = h[..., None, None]
+    k = torch.exp(-dist_sq / h_)
+    grad_x = -2.0 * diff / h_.unsqueeze(-1) * k.unsqueeze(-1)
+    return k, grad_x, h
+
+
+def soft_value(q_values: Tensor, act_dim: int) -> Tensor:
+    """Importance-sampled soft value with a uniform proposal on [-1, 1]^D, eq. (10) with alpha = 1:
+
+        V(s) = log E_{a ~ U}[exp(Q(s, a)) / q(a)] ~= logsumexp_j Q(s, a_j) - log M + D log 2
+
+    q_values [..., M] -> [...]  (D log 2 is -log of the uniform density 2^-D).
+    """
+    n_particles = q_values.shape[-1]
+    return torch.logsumexp(q_values, dim=-1) - math.log(n_particles) + act_dim * math.log(2.0)
+
+
+class SoftQLearning:
+    """Soft Q-function, target network and amortised SVGD sampler, with their optimisers."""
+
+    def __init__(self, config: SQLConfig, device: str | torch.device = "auto"):
+        self.config = config
+        self.device = resolve_device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # network initialisation
+        self.q = QNetwork(config.obs_dim, config.act_dim, config.hidden_sizes, config.twin_q).to(self.device)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # initial copy, as in the reference
+        self.sampler = Sampler(config.obs_dim, config.act_dim, config.hidden_sizes).to(self.device)
+        self.q_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.q_lr)
+        self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.policy_lr)
+        self.updates = 0
+
+    # ---- acting ---------------------------------------------------------------------------
+    def act(self, observations: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Sample a ~ pi(.|s) (the same stochastic policy is used for exploration and evaluation)."""
+        return self.sampler.act(observations, noise, generator=self.generator)
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        return self.sampler.weights()
+
+    # ---- learning -------------------------------------------------------------------------
+    def update(self, batch: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        """One gradient step on the soft Q-function and one SVGD step on the sampler.
+
+        The batch is validated first: wrong keys, shapes or non-finite values raise ValueError
+        and leave every parameter unchanged.
+        """
+        obs, actions, rewards, next_obs, terminals = self._check_batch(batch)
+        metrics = self._update_q(obs, actions, rewards, next_obs, terminals)
+        metrics.update(self._update_sampler(obs))
+        self.updates += 1
+        self._update_target()
+        return metrics
+
+    def _update_q(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminals: Tensor) -> dict[str, float]:
+        c = self.config
+        with torch.no_grad():
+            # One set of M uniform actions shared by the whole batch, as in the reference code.
+            uniform_actions = torch.rand((c.value_particles, c.act_dim), generator=self.generator, device=self.device) * 2 - 1
+            batch_size = next_obs.shape[0]
+            next_obs_m = next_obs.unsqueeze(1).expand(batch_size, c.value_particles, c.obs_dim)  # [B, M, S]
+            target_q = self.q_target(next_obs_m, uniform_actions.expand(batch_size, -1, -1)).min(dim=0).values  # [B, M]
+            next_value = soft_value(target_q, c.act_dim)  # [B], eq. (10)
+            # Soft Bellman backup (eq. 8), y treated as a constant.
+            target = c.reward_scale * rewards + (1.0 - terminals) * c.discount * next_value  # [B]
+        q_values = self.q(obs, actions)  # [heads, B]
+        q_loss = 0.5 * (q_values - target).pow(2).mean(dim=1).sum()  # eq. (11), summed over twin heads
+        self.q_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        q_grad_norm = _grad_norm(self.q.parameters())
+        self.q_optimizer.step()
+        return {
+            "q_loss": q_loss.item(),
+            "q_mean": q_values.mean().item(),
+            "soft_value": next_value.mean().item(),
+            "q_grad_norm": q_grad_norm,
+        }
+
+    def _update_sampler(self, obs: Tensor) -> dict[str, float]:
+        c = self.config
+        batch_size = obs.shape[0]
+        obs_k = obs.unsqueeze(1).expand(batch_size, c.kernel_particles, c.obs_dim)  # [B, K, S]
+        noise = torch.randn((batch_size, c.kernel_particles, c.act_dim), generator=self.generator, device=self.device)
+        actions = self.sampler(obs_k, noise)  # [B, K, D]
+        fixed = actions[:, : c.n_fixed].detach().requires_grad_(True)  # [B, Kf, D], the a~_j
+        updated = actions[:, c.n_fixed :]  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
+
+        # Score of the target density exp(Q) on the squashed action box, at the fixed particles,
+        # using the online Q (min over twin heads), with the tanh log-term of the reference code.
+        q_fixed = self.q(obs_k[:, : c.n_fixed], fixed).min(dim=0).values  # [B, Kf]
+        log_p = q_fixed + torch.log(1.0 - fixed.pow(2) + SQUASH_EPSILON).sum(-1)
+        (score,) = torch.autograd.grad(log_p.sum(), fixed)  # [B, Kf, D]
+
+        # Stein variational direction, eq. (13):
+        #   Delta_i = mean_j [ k(a~_j, a_i) grad log p(a~_j) + grad_{a~_j} k(a~_j, a_i) ]
+        k, k_grad, bandwidth = rbf_kernel(fixed.detach(), updated.detach())  # [B, Kf, Ku], [B, Kf, Ku, D]
+        stein = (k.unsqueeze(-1) * score.unsqueeze(2) + k_grad).mean(dim=1)  # [B, Ku, D]
+
+        # Eq. (14): move the sampler's outputs along Delta by back-propagating it through f(s, xi).
+        surrogate = -(stein.detach() * updated).sum()
+        self.sampler_optimizer.zero_grad(set_to_none=True)
+        surrogate.backward()
+        sampler_grad_norm = _grad_norm(self.sampler.parameters())
+        self.sampler_optimizer.step()
+        return {
+            "kernel_bandwidth": bandwidth.mean().item(),
+            "stein_norm": stein.norm(dim=-1).mean().item(),
+            "sampler_grad_norm": sampler_grad_norm,
+        }
+
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        c = self.config
+        if c.target_update == "polyak":
+            for target, online in zip(self.q_target.parameters(), self.q.parameters()):
+                target.lerp_(online, c.tau)
+        elif self.updates % c.target_update_interval == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+
+    def _check_batch(self, batch: Mapping[str, np.ndarray | Tensor]) -> tuple[Tensor, ...]:
+        missing = [key for key in BATCH_KEYS if key not in batch]
+        if missing:
+            raise ValueError(f"batch is missing {missing}; expected keys {list(BATCH_KEYS)}")
+        c = self.config
+        size = len(batch["rewards"])
+        expected = {
+            "observations": (size, c.obs_dim),
+            "actions": (size, c.act_dim),
+            "rewards": (size,),
+            "next_observations": (size, c.obs_dim),
+            "terminals": (size,),
+        }
+        tensors = []
+        for key in BATCH_KEYS:
+            value = torch.as_tensor(batch[key], dtype=torch.float32, device=self.device)
+            if tuple(value.shape) != expected[key]:
+                raise ValueError(f"batch[{key!r}] has shape {tuple(value.shape)}, expected {expected[key]}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"batch[{key!r}] contains NaN or inf")
+            tensors.append(value)
+        if size < 1:
+            raise ValueError("batch is empty")
+        return tuple(tensors)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "q": self.q.state_dict(),
+            "q_target": self.q_target.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "q_optimizer": self.q_optimizer.state_dict(),
+            "sampler_optimizer": self.sampler_optimizer.state_dict(),
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if SQLConfig(**state["config"]) != self.config:
+            raise ValueError("checkpoint was made with a different SQLConfig; build the agent with from_state_dict")
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.q_optimizer.load_state_dict(state["q_optimizer"])
+        self.sampler_optimizer.load_state_dict(state["sampler_optimizer"])
+        self.updates = int(state["updates"])
+        if state["generator_device"] == self.device.type:
+            self.generator.set_state(state["generator"])
+        else:  # CPU and CUDA generator states differ in format: continue with a derived seed
+            self.generator.manual_seed(self.config.seed + self.updates)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str | torch.device = "auto") -> "SoftQLearning":
+        agent = cls(SQLConfig(**state["config"]), device=device)
+        agent.load_state_dict(state)
+        return agent
+
+    def save(self, path: str | Path) -> None:
+        """Atomic save (write then rename); load with `SoftQLearning.load`."""
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> "SoftQLearning":
+        return cls.from_state_dict(load_checkpoint(path), device=device)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True: a checkpoint can never execute code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _grad_norm(parameters) -> float:
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0

@@ -1,0 +1,260 @@
+"""Single-process SQL training and evaluation on a gymnasium env: `robot-sql train` and `robot-sql eval`.
+
+The training loop is the reference code's: one environment step, then (once the pool holds
+`min_pool_size` transitions) `updates_per_step` SQL updates on uniformly sampled batches.
+Exploration comes from the sampler's noise alone; evaluation uses the same stochastic policy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+import gymnasium
+import numpy as np
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+from tqdm import tqdm
+
+import robot_sql  # noqa: F401  (registers the environments)
+from robot_sql.config import ConfigError, Settings, dump_settings, load_settings
+from robot_sql.replay import ReplayBuffer
+from robot_sql.sql import SoftQLearning, SQLConfig, load_checkpoint
+
+# Short names for the command line.
+ENV_ALIASES = {
+    "multigoal": "MultiGoal-v0",
+    "line-x": "PointLineX-v0",
+    "line-y": "PointLineY-v0",
+    "corner": "PointCorner-v0",
+    "run": "PointRun-v0",
+    "single-goal": "PointSingleGoal-v0",
+    "sawyer-reach": "SawyerReach-v0",
+    "sawyer-lego": "SawyerLegoStack-v0",
+}
+
+# Per-environment SQL hyperparameters. MultiGoal: examples/multigoal_sql.py of the reference code.
+POINT_MASS = {"reward_scale": 0.1, "kernel_particles": 32, "value_particles": 16, "batch_size": 64, "hidden_sizes": (128, 128)}
+SQL_PRESETS: dict[str, dict[str, Any]] = {
+    "MultiGoal-v0": POINT_MASS,
+    "PointLineX-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
+    "PointLineY-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
+    "PointCorner-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
+    "PointRun-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
+    "PointSingleGoal-v0": {**POINT_MASS, "reward_scale": 1.0},
+}
+
+
+def resolve_env_id(name: str) -> str:
+    env_id = ENV_ALIASES.get(name, name)
+    if env_id not in gymnasium.registry:
+        known = ", ".join(sorted(ENV_ALIASES))
+        raise ConfigError(f"unknown environment {name!r}; use one of {known} or a registered gymnasium id")
+    return env_id
+
+
+def env_alias(env_id: str) -> str:
+    return next((alias for alias, target in ENV_ALIASES.items() if target == env_id), env_id)
+
+
+class TrainSettings(Settings):
+    """Settings of `robot-sql train` (YAML keys; env vars ROBOT_SQL_TRAIN_<KEY>)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_TRAIN_", env_nested_delimiter="__", extra="forbid")
+
+    seed: int = 0
+    steps: int = Field(6000, ge=1, description="environment steps")
+    min_pool_size: int = Field(200, ge=1, description="transitions collected before the first update")
+    updates_per_step: int = Field(1, ge=1)
+    replay_capacity: int = Field(1_000_000, ge=1)
+    eval_episodes: int = Field(100, ge=1)
+    log_every: int = Field(500, ge=1, description="steps between metrics.jsonl rows")
+    sql: dict[str, Any] = Field(default_factory=dict, description="SQLConfig overrides on top of the env preset")
+    anneal_reward_scale_to: float | None = Field(
+        None, gt=0, description="fine-tuning: anneal reward_scale log-linearly to this value (paper sec. 5)"
+    )
+    anneal_steps: int = Field(2000, ge=1)
+
+    @field_validator("sql")
+    @classmethod
+    def _known_sql_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        allowed = {f.name for f in fields(SQLConfig)} - {"obs_dim", "act_dim"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown SQL settings {unknown}; allowed: {sorted(allowed)}")
+        return value
+
+
+def make_sql_config(env: gymnasium.Env, env_id: str, overrides: dict[str, Any], seed: int) -> SQLConfig:
+    check_box_spaces(env, env_id)
+    values = {**SQL_PRESETS.get(env_id, {}), **overrides, "seed": seed}
+    try:
+        return SQLConfig(obs_dim=env.observation_space.shape[0], act_dim=env.action_space.shape[0], **values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+
+
+def check_box_spaces(env: gymnasium.Env, env_id: str) -> None:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not (isinstance(obs_space, gymnasium.spaces.Box) and len(obs_space.shape) == 1):
+        raise ConfigError(f"{env_id}: SQL needs a flat Box observation space, got {obs_space}")
+    if not (isinstance(act_space, gymnasium.spaces.Box) and np.allclose(act_space.low, -1) and np.allclose(act_space.high, 1)):
+        raise ConfigError(f"{env_id}: SQL needs a Box action space on [-1, 1]^D, got {act_space}")
+
+
+def reward_scale_at(step: int, start: float, end: float, steps: int) -> float:
+    """Log-linear interpolation from `start` to `end` over `steps` (alpha annealing of the paper)."""
+    fraction = min(step / steps, 1.0)
+    return math.exp((1 - fraction) * math.log(start) + fraction * math.log(end))
+
+
+def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train, then write out/agent.pt, out/replay.npz, out/metrics.jsonl, out/eval.json and a plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    dump_settings(settings, out / "config.yaml")
+    env = gymnasium.make(env_id)
+    if init is not None:
+        agent = SoftQLearning.from_state_dict(load_checkpoint(init))
+        expected = (env.observation_space.shape[0], env.action_space.shape[0])
+        if (agent.config.obs_dim, agent.config.act_dim) != expected:
+            raise ConfigError(f"--init checkpoint has (obs, act) dims {(agent.config.obs_dim, agent.config.act_dim)}, {env_id} needs {expected}")
+        for key, value in settings.sql.items():
+            setattr(agent.config, key, value)
+    else:
+        agent = SoftQLearning(make_sql_config(env, env_id, settings.sql, settings.seed))
+    start_scale = agent.config.reward_scale
+    replay = ReplayBuffer(agent.config.obs_dim, agent.config.act_dim, settings.replay_capacity)
+    rng = np.random.default_rng(settings.seed)
+
+    obs, _ = env.reset(seed=settings.seed)
+    episode_return, episode_returns, episode_successes = 0.0, [], []
+    last_metrics: dict[str, float] = {}
+    started = time.perf_counter()
+    with (out / "metrics.jsonl").open("w") as log, tqdm(total=settings.steps, disable=not progress, desc=env_alias(env_id), unit="step") as bar:
+        for step in range(1, settings.steps + 1):
+            action = agent.act(obs)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            replay.add(obs, action, reward, next_obs, terminated)
+            episode_return += reward
+            obs = next_obs
+            if terminated or truncated:
+                episode_returns.append(episode_return)
+                episode_successes.append(float(info.get("success", terminated)))
+                episode_return = 0.0
+                obs, _ = env.reset()
+
+            if settings.anneal_reward_scale_to is not None:
+                agent.config.reward_scale = reward_scale_at(step, start_scale, settings.anneal_reward_scale_to, settings.anneal_steps)
+            if len(replay) >= settings.min_pool_size:
+                for _ in range(settings.updates_per_step):
+                    last_metrics = agent.update(replay.sample(agent.config.batch_size, rng))
+
+            if step % settings.log_every == 0 or step == settings.steps:
+                recent = slice(-20, None)
+                row = {
+                    "step": step,
+                    "time": round(time.perf_counter() - started, 3),
+                    "updates": agent.updates,
+                    "episodes": len(episode_returns),
+                    "episode_return": float(np.mean(episode_returns[recent])) if episode_returns else None,
+                    "success_rate": float(np.mean(episode_successes[recent])) if episode_successes else None,
+                    "reward_scale": agent.config.reward_scale,
+                    **last_metrics,
+                }
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(ret=row["episode_return"], q_loss=last_metrics.get("q_loss"))
+            bar.update(1)
+
+    agent.save(out / "agent.pt")
+    replay.save(out / "replay.npz")
+    result = evaluate(agent, env_id, settings.eval_episodes, seed=settings.seed + 10_000)
+    write_eval(result, out, env_id)
+    return result
+
+
+def evaluate(agent: SoftQLearning, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
+    """Roll out the stochastic policy; success is the env's info["success"] at the episode's end."""
+    env = gymnasium.make(env_id)
+    returns, successes, trajectories = [], [], []
+    goal_counts = None
+    goal_index = getattr(env.unwrapped, "goal_index", None)
+    if goal_index is not None:
+        goal_counts = [0] * len(env.unwrapped.goals)
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        path, total, done, info = [obs.copy()], 0.0, False, {}
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+            path.append(obs.copy())
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+        successes.append(bool(info.get("success", False)))
+        trajectories.append(np.asarray(path))
+        if goal_counts is not None and (reached := goal_index(obs)) is not None:
+            goal_counts[reached] += 1
+    result = {
+        "env": env_id,
+        "episodes": episodes,
+        "success_rate": float(np.mean(successes)),
+        "mean_return": float(np.mean(returns)),
+        "goal_counts": goal_counts,
+    }
+    result["trajectories"] = trajectories  # for the plot; not written to eval.json
+    return result
+
+
+def write_eval(result: dict[str, Any], out: Path, env_id: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {key: value for key, value in result.items() if key != "trajectories"}
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if env_id in SQL_PRESETS:  # the 2-D point tasks
+        from robot_sql.plots import plot_point_trajectories
+
+        plot_point_trajectories(env_id, result["trajectories"], out / f"{env_alias(env_id)}.png")
+
+
+@click.command("train")
+@click.argument("env")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--steps", type=int, default=None, help="Environment steps (default 6000).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML file of TrainSettings.")
+@click.option("--init", type=click.Path(path_type=Path), default=None, help="Fine-tune from this agent checkpoint.")
+@click.option("--anneal-reward-scale-to", type=float, default=None, help="Anneal reward_scale log-linearly to this value.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_command(env, seed, steps, out, config_path, init, anneal_reward_scale_to, no_progress):
+    """Train SQL on ENV (multigoal, line-x, line-y, corner, run, single-goal, or a gymnasium id).
+
+    Writes OUT/agent.pt, OUT/replay.npz, OUT/metrics.jsonl, OUT/eval.json and, for the 2-D tasks,
+    OUT/<env>.png with evaluation trajectories.
+    """
+    env_id = resolve_env_id(env)
+    if init is not None and not init.is_file():
+        raise ConfigError(f"--init checkpoint not found: {init}")
+    settings = load_settings(TrainSettings, config_path, seed=seed, steps=steps, anneal_reward_scale_to=anneal_reward_scale_to)
+    result = train(env_id, settings, out, init=init, progress=not no_progress)
+    click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} goal_counts={result['goal_counts']} -> {out}")
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--env", "env_name", required=True, help="Environment name or gymnasium id.")
+@click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=10_000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def eval_command(checkpoint, env_name, episodes, seed, out):
+    """Evaluate an agent checkpoint; writes OUT/eval.json (and a trajectory plot for 2-D tasks)."""
+    env_id = resolve_env_id(env_name)
+    try:
+        agent = SoftQLearning.load(checkpoint)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from error
+    result = evaluate(agent, env_id, episodes, seed)
+    write_eval(result, out, env_id)
+    click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} goal_counts={result['goal_counts']} -> {out}")
