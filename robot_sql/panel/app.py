@@ -1,0 +1,589 @@
+"""The operator's panel: a web page onto one training run, served by uvicorn.
+
+    robot-sql panel --run-dir runs/demo --port 8765 [--learner-control ADDR] [--actor-control ADDR ...]
+
+What it shows comes from the run directory (metrics, events, checkpoints, perturbation
+reports) and from the live processes' control channels (health, the arm's state). What it
+does goes through those channels: start/pause/resume/stop to the learner; e-stop, re-arm,
+episode reset and perturbation tests straight to the actors, never through the learner.
+
+Security: every endpoint except /health needs the panel token, as `Authorization: Bearer
+<token>` or as the cookie the page sets after opening the login link `/?token=<token>`
+once. The token comes from ROBOT_SQL_PANEL_TOKEN or is generated at first start and kept in
+<run-dir>/panel.token (mode 0600). The server binds 127.0.0.1 unless told otherwise. No
+endpoint commands joint positions: the only motions it can cause are a reset to the start
+pose and perturbations bounded by robot_sql.perturbation's limits.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from robot_sql import perturbation, sawyer
+from robot_sql.config import Settings, load_settings
+from robot_sql.perturbation import PerturbationSpec
+from robot_sql.rundir import MetricsStore, RunDir
+
+STATIC = Path(__file__).parent / "static"
+TOKEN_FILE = "panel.token"
+COOKIE = "robot_sql_panel"
+# a perturbation test runs whole evaluation episodes on the actor; give it time
+PERTURBATION_TIMEOUT_S = 600.0
+
+# the live curves: metric name in the MetricsStore -> title on the page
+CURVES: dict[str, str] = {
+    "episode_return": "Episode return",
+    "success_rate": "Success rate",
+    "q_loss": "Q loss",
+    "updates_per_s": "Update rate (updates/s)",
+    "control_rate_hz": "Actor control rate (Hz)",
+    "weight_version": "Weight version",
+}
+
+
+class PanelSettings(Settings):
+    model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_PANEL_", env_nested_delimiter="__", extra="forbid")
+
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    token: SecretStr | None = None
+    learner_control: str | None = None
+    actor_control: list[str] = []
+    # how often the panel asks the processes for their status and pushes updates to the page
+    poll_interval_s: float = Field(1.0, gt=0, le=10)
+
+
+# ---------------------------------------------------------------------------- the token
+
+
+def load_or_create_token(run: RunDir, from_environment: str | None) -> tuple[str, bool]:
+    """The panel token and whether it was generated just now (then it is shown once)."""
+    if from_environment:
+        return from_environment, False
+    path = run.root / TOKEN_FILE
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise click.ClickException(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+        token = path.read_text().strip()
+        if not token:
+            raise click.ClickException(f"{path} is empty; delete it to generate a new token")
+        return token, False
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
+    return token, True
+
+
+def token_checker(token: str):
+    expected = token.encode()
+
+    def require_token(request: Request) -> None:
+        supplied = request.cookies.get(COOKIE, "")
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            supplied = header[7:].strip()
+        if not hmac.compare_digest(supplied.encode(), expected):
+            raise HTTPException(401, "missing or wrong panel token", headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+# ---------------------------------------------------------------------------- what the run directory holds
+
+
+def list_checkpoints(run: RunDir) -> list[dict]:
+    files = [path for path in run.checkpoints.iterdir() if path.is_file() and not path.name.startswith(".")]
+    files.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    return [{"name": path.name, "bytes": path.stat().st_size, "time": path.stat().st_mtime} for path in files]
+
+
+def list_reports(run: RunDir) -> list[dict]:
+    """Summaries of the perturbation reports, newest first (unreadable files are listed as such)."""
+    out = []
+    for path in sorted(run.reports.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            report = json.loads(path.read_text())
+            out.append({"name": path.name, "created": report["created"], "spec": report["spec"], "summary": report["summary"]})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            out.append({"name": path.name, "error": f"unreadable report: {error}"})
+    return out
+
+
+def latest_frame(run: RunDir) -> Path | None:
+    frames = [path for path in run.media.glob("*.png") if not path.name.startswith(".")]
+    return max(frames, key=lambda path: path.stat().st_mtime, default=None)
+
+
+# ---------------------------------------------------------------------------- the live processes
+
+
+class LinkError(Exception):
+    """A control command that did not get an answer (the process is down or too slow)."""
+
+
+def send_control(address: str, command: str, arguments: dict, timeout_s: float) -> dict:
+    # TODO(panel): replace with the learner/actor ControlClient once it lands
+    import zmq
+
+    from robot_sql import protocol
+
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.REQ)
+    socket.linger = 0
+    try:
+        socket.connect(address)
+        socket.send(protocol.encode("request", "panel", command=command, args=arguments))
+        if not socket.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"no reply within {timeout_s} s")
+        message = protocol.decode(socket.recv(), {"reply", "error"})
+    finally:
+        socket.close()
+    if message.type == "error":
+        raise RuntimeError(f"{message.body['kind']}: {message.body['detail']}")
+    return message.body["result"]
+
+
+class ProcessLink:
+    """The panel's view of one process's control channel: its last status and when it came.
+
+    Every command opens its own client, so an e-stop never waits behind a long command
+    (a perturbation test) on the same process.
+    """
+
+    def __init__(self, name: str, address: str, timeout_s: float):
+        self.name = name
+        self.address = address
+        self.timeout_s = timeout_s
+        self.last_status: dict | None = None
+        self.last_reply_time: float | None = None
+        self.last_error: str | None = None
+
+    def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
+        try:
+            reply = send_control(self.address, command, arguments, timeout_s or self.timeout_s)
+        except Exception as error:  # the control client's own errors: timeouts, refused, bad replies
+            self.last_error = f"{command}: {error}"
+            raise LinkError(f"{self.name} ({self.address}) did not answer {command!r}: {error}") from error
+        self.last_reply_time = time.time()
+        self.last_error = None
+        return reply
+
+    def poll(self) -> None:
+        try:
+            self.last_status = self.call("status")
+        except LinkError:
+            pass
+
+    def health(self, interval_s: float) -> dict:
+        age = None if self.last_reply_time is None else time.time() - self.last_reply_time
+        return {
+            "name": self.name,
+            "address": self.address,
+            "connected": age is not None and age < 3 * interval_s + self.timeout_s,
+            "reply_age_s": age,
+            "error": self.last_error,
+            "status": self.last_status,
+        }
+
+
+class Fleet:
+    """The learner and the actors the panel talks to, polled in a background thread."""
+
+    def __init__(self, settings: PanelSettings):
+        self.interval_s = settings.poll_interval_s
+        self.learner = ProcessLink("learner", settings.learner_control, timeout_s=2.0) if settings.learner_control else None
+        self.actors = [ProcessLink(f"actor-{i}", address, timeout_s=2.0) for i, address in enumerate(settings.actor_control)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="panel-poll", daemon=True)
+
+    @property
+    def links(self) -> list[ProcessLink]:
+        return ([self.learner] if self.learner else []) + self.actors
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            for link in self.links:
+                link.poll()
+            self._stop.wait(self.interval_s)
+
+    def actor(self, name: str | None) -> ProcessLink:
+        if not self.actors:
+            raise HTTPException(409, "the panel was started without --actor-control: no actor to command")
+        if name is None:
+            return self.actors[0]
+        for link in self.actors:
+            if link.name == name:
+                return link
+        raise HTTPException(404, f"no actor named {name!r}; known: {[link.name for link in self.actors]}")
+
+    def health(self) -> dict:
+        return {
+            "learner": self.learner.health(self.interval_s) if self.learner else None,
+            "actors": [link.health(self.interval_s) for link in self.actors],
+        }
+
+
+# ---------------------------------------------------------------------------- the learner the panel may start
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith("ipc://") or address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
+
+
+class LearnerLauncher:
+    """Starts `robot-sql learner` for the run when "start" finds no learner answering.
+
+    Only for a learner on this machine (a remote learner is started where it runs). The
+    learner runs in its own session, logging to <run-dir>/learner.log: it belongs to the run,
+    not to the panel, so closing the panel does not stop training; "stop" does.
+    """
+
+    def __init__(self, run: RunDir, control_address: str):
+        self.run = run
+        self.control_address = control_address
+        self.process: subprocess.Popen | None = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self) -> int:
+        command = [sys.executable, "-m", "robot_sql.cli", "learner", "--run-dir", str(self.run.root),
+                   "--control", self.control_address]
+        with open(self.run.root / "learner.log", "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.process.pid
+
+    def reap(self) -> int | None:
+        """The exit status of a learner this panel started and that has ended (None while running)."""
+        return None if self.process is None else self.process.poll()
+
+
+# ---------------------------------------------------------------------------- the web application
+
+
+class PerturbationRequest(PerturbationSpec):
+    actor: str | None = Field(None, description="which actor runs the test (default: the first)")
+
+
+class ActorChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str | None = None
+
+
+def create_app(settings: PanelSettings, token: str) -> FastAPI:
+    run = RunDir.create(settings.run_dir)
+    store = MetricsStore(run.metrics)
+    fleet = Fleet(settings)
+    launcher = LearnerLauncher(run, settings.learner_control) if settings.learner_control and is_loopback(settings.learner_control) else None
+    perturbation_job: dict = {"state": "idle"}
+    job_lock = threading.Lock()
+    require_token = token_checker(token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        fleet.start()
+        yield
+        fleet.stop()
+        store.close()
+
+    app = FastAPI(title="robot-sql panel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api = APIRouter(dependencies=[Depends(require_token)])
+
+    def record(kind: str, message: str) -> None:
+        store.event("panel", kind, message)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/")
+    def page(request: Request, token_query: str | None = Query(None, alias="token")):
+        """The page; `/?token=...` logs the browser in (sets the cookie) and drops the token from the address."""
+        if token_query is not None:
+            if not hmac.compare_digest(token_query.encode(), token.encode()):
+                raise HTTPException(401, "wrong panel token")
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            return response
+        require_token(request)
+        return FileResponse(STATIC / "index.html")
+
+    @api.get("/static/{name}")
+    def static(name: str):
+        path = STATIC / name
+        if name not in {entry.name for entry in STATIC.iterdir()}:
+            raise HTTPException(404, f"no static file {name!r}")
+        return FileResponse(path)
+
+    # ---- what the page shows
+    def overview() -> dict:
+        return {
+            "run_dir": str(run.root),
+            "curves": CURVES,
+            "joints": {"names": list(sawyer.JOINT_NAMES), "lower": sawyer.POSITION_LOWER.tolist(),
+                       "upper": sawyer.POSITION_UPPER.tolist()},
+            "links": list(sawyer.LINK_NAMES),
+            "limits": {"wrench_force_n": perturbation.MAX_WRENCH_FORCE_N,
+                       "wrench_duration_s": perturbation.MAX_WRENCH_DURATION_S,
+                       "displacement_rad": perturbation.MAX_DISPLACEMENT_RAD},
+            "actors": [link.name for link in fleet.actors],
+        }
+
+    def status() -> dict:
+        return {**fleet.health(), "perturbation": dict(perturbation_job),
+                "launched_learner_pid": launcher.process.pid if launcher and launcher.running() else None}
+
+    api.get("/api/overview")(overview)
+    api.get("/api/status")(status)
+
+    @api.get("/api/series/{name}")
+    def series(name: str, since: float = 0.0) -> list[tuple[float, int, float]]:
+        return store.series(name, since)
+
+    @api.get("/api/events")
+    def events(after: int = 0) -> list[tuple[int, float, str, str, str]]:
+        return store.events(after)
+
+    @api.get("/api/checkpoints")
+    def checkpoints() -> list[dict]:
+        return list_checkpoints(run)
+
+    @api.get("/api/reports")
+    def reports() -> list[dict]:
+        return list_reports(run)
+
+    @api.get("/api/reports/{name}")
+    def report(name: str) -> dict:
+        path = run.reports / name
+        if not name.endswith(".json") or name not in {entry.name for entry in run.reports.iterdir()}:
+            raise HTTPException(404, f"no report {name!r}")
+        return json.loads(path.read_text())
+
+    @api.get("/api/frame")
+    def frame():
+        path = latest_frame(run)
+        if path is None:
+            raise HTTPException(404, "no rendered frame in the run directory yet")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @api.get("/api/stream")
+    async def stream(request: Request):
+        """Server-sent events: one `update` per poll interval with new curve points, events, status and lists."""
+
+        async def updates():
+            since = dict.fromkeys(CURVES, 0.0)
+            after = 0
+            while not await request.is_disconnected():
+                update = await asyncio.to_thread(collect, since, after)
+                if update["events"]:
+                    after = update["events"][-1][0]
+                yield f"event: update\ndata: {json.dumps(update)}\n\n"
+                await asyncio.sleep(settings.poll_interval_s)
+
+        return StreamingResponse(updates(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    def collect(since: dict[str, float], after: int) -> dict:
+        points = {}
+        for name in CURVES:
+            rows = store.series(name, since[name], limit=2000)
+            if rows:
+                since[name] = rows[-1][0]
+                points[name] = rows
+        return {"series": points, "events": store.events(after, limit=200), "status": status(),
+                "checkpoints": list_checkpoints(run)[:20], "reports": list_reports(run)[:50]}
+
+    # ---- training, through the learner
+    def learner_call(command: str) -> dict:
+        if fleet.learner is None:
+            raise HTTPException(409, "the panel was started without --learner-control")
+        try:
+            return fleet.learner.call(command)
+        except LinkError as error:
+            raise HTTPException(503, str(error)) from None
+
+    @api.post("/api/training/start")
+    def start_training() -> dict:
+        """Resume a learner that answers; otherwise start one here (loopback learners only)."""
+        if fleet.learner is None:
+            raise HTTPException(409, "the panel was started without --learner-control")
+        try:
+            reply = fleet.learner.call("resume")
+        except LinkError as error:
+            if launcher is None:
+                raise HTTPException(503, f"{error}; the learner is not on this machine, start it where it runs") from None
+            if launcher.running():
+                raise HTTPException(503, f"a learner started by this panel (pid {launcher.process.pid}) is not answering yet; "
+                                         "see learner.log in the run directory") from None
+            pid = launcher.launch()
+            record("training", f"started robot-sql learner (pid {pid})")
+            return {"started": True, "pid": pid}
+        record("training", "resumed training")
+        return {"started": False, "reply": reply}
+
+    for command in ("pause", "resume", "stop", "checkpoint"):
+        def handler(command: str = command) -> dict:
+            reply = learner_call(command)
+            record("training", f"{command} sent to the learner")
+            return {"reply": reply}
+        api.post(f"/api/training/{command}", name=f"training_{command}")(handler)
+
+    # ---- the arm, straight to the actors
+    def every_actor(command: str) -> dict:
+        if not fleet.actors:
+            raise HTTPException(409, "the panel was started without --actor-control: no actor to command")
+        results = {}
+        threads = []
+
+        def send(link: ProcessLink) -> None:
+            try:
+                results[link.name] = {"ok": True, "reply": link.call(command, timeout_s=1.0)}
+            except LinkError as error:
+                results[link.name] = {"ok": False, "error": str(error)}
+
+        for link in fleet.actors:
+            threads.append(threading.Thread(target=send, args=(link,)))
+            threads[-1].start()
+        for thread in threads:
+            thread.join()
+        failed = [name for name, result in results.items() if not result["ok"]]
+        record(command, f"{command} sent to {len(results)} actor(s); not confirmed by: {failed or 'none'}")
+        if failed:
+            raise HTTPException(503, {"message": f"{command} not confirmed by {failed}", "actors": results})
+        return {"actors": results}
+
+    @api.post("/api/estop")
+    def estop() -> dict:
+        """Every actor stops commanding motion and holds the arm until re-armed."""
+        return every_actor("estop")
+
+    @api.post("/api/rearm")
+    def rearm() -> dict:
+        return every_actor("rearm")
+
+    @api.post("/api/episode/reset")
+    def reset_episode(choice: ActorChoice) -> dict:
+        link = fleet.actor(choice.actor)
+        try:
+            reply = link.call("reset_episode")
+        except LinkError as error:
+            raise HTTPException(503, str(error)) from None
+        record("episode", f"episode reset sent to {link.name}")
+        return {"reply": reply}
+
+    @api.post("/api/perturbation", status_code=202)
+    def start_perturbation(request_body: PerturbationRequest) -> dict:
+        """Start a perturbation test on one actor; its report appears in /api/reports when done."""
+        link = fleet.actor(request_body.actor)
+        spec = PerturbationSpec(**request_body.model_dump(exclude={"actor"}))
+        with job_lock:
+            if perturbation_job.get("state") == "running":
+                raise HTTPException(409, "a perturbation test is already running")
+            perturbation_job.clear()
+            perturbation_job.update(state="running", actor=link.name, spec=spec.model_dump(), started=time.time())
+
+        def run_test() -> None:
+            try:
+                reply = link.call("perturb", timeout_s=PERTURBATION_TIMEOUT_S, **spec.model_dump())
+                perturbation_job.update(state="done", reply=reply)
+                record("perturbation", f"{spec.kind} test on {link.name} done: {reply.get('report')}")
+            except LinkError as error:
+                perturbation_job.update(state="failed", error=str(error))
+                record("perturbation", f"{spec.kind} test on {link.name} failed: {error}")
+
+        threading.Thread(target=run_test, name="perturbation-test", daemon=True).start()
+        record("perturbation", f"{spec.kind} test of {spec.trials} trial(s), magnitude {spec.magnitude}, on {link.name}")
+        return {"state": "running", "actor": link.name}
+
+    # ---- Prometheus
+    registry = CollectorRegistry()
+    registry.register(RunCollector(store, fleet))
+
+    @api.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api)
+    return app
+
+
+class RunCollector:
+    """Prometheus view of the run: the newest value of every metric, and the processes' health."""
+
+    def __init__(self, store: MetricsStore, fleet: Fleet):
+        self.store, self.fleet = store, fleet
+
+    def collect(self):
+        for name, value in self.store.latest(self.store.names()).items():
+            family = GaugeMetricFamily(f"robot_sql_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}", f"newest value of run metric {name}")
+            family.add_metric([], value)
+            yield family
+        up = GaugeMetricFamily("robot_sql_process_up", "1 when the process answered its control channel recently", labels=["process"])
+        age = GaugeMetricFamily("robot_sql_process_reply_age_seconds", "age of the process's last control reply", labels=["process"])
+        for link in self.fleet.links:
+            health = link.health(self.fleet.interval_s)
+            up.add_metric([link.name], float(health["connected"]))
+            if health["reply_age_s"] is not None:
+                age.add_metric([link.name], health["reply_age_s"])
+        yield up
+        yield age
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@click.command("panel")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The run directory to show and control.")
+@click.option("--port", type=int, default=None, help="TCP port (default 8765).")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; anything else exposes the panel to the network).")
+@click.option("--learner-control", default=None, help="The learner's control address, e.g. tcp://127.0.0.1:5557.")
+@click.option("--actor-control", multiple=True, help="An actor's control address; repeat for several actors.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="YAML file of panel settings.")
+def panel_command(run_dir, port, host, learner_control, actor_control, config_path) -> None:
+    """Serve the web panel of a run: live curves, health, arm state, controls, e-stop, perturbation tests."""
+    import uvicorn
+
+    settings = load_settings(PanelSettings, config_path, run_dir=run_dir, port=port, host=host,
+                             learner_control=learner_control, actor_control=list(actor_control) or None)
+    run = RunDir.create(settings.run_dir)
+    token, generated = load_or_create_token(run, settings.token.get_secret_value() if settings.token else None)
+    url = f"http://{settings.host}:{settings.port}/"
+    if generated:
+        click.echo(f"panel: new token stored in {run.root / TOKEN_FILE} (mode 0600); log in once at {url}?token={token}")
+    elif settings.token:
+        click.echo(f"panel: serving {url} (token from ROBOT_SQL_PANEL_TOKEN; log in at {url}?token=<token>)")
+    else:
+        click.echo(f"panel: serving {url} (token in {run.root / TOKEN_FILE}; log in at {url}?token=<token>)")
+    if not is_loopback(f"tcp://{settings.host}:0"):
+        click.echo(f"panel: WARNING bound to {settings.host}: reachable from the network, without TLS", err=True)
+    config = uvicorn.Config(create_app(settings, token), host=settings.host, port=settings.port,
+                            log_level="warning", timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run()

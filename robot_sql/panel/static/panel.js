@@ -1,0 +1,256 @@
+// The panel page: one server-sent event stream feeds everything; buttons POST to /api/*.
+// The login cookie (set by /?token=...) authenticates both.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const plots = {};
+let overview = null;
+
+function showMessage(text, isError) {
+  const box = $("#message");
+  box.textContent = text;
+  box.className = isError ? "error" : "";
+}
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body || {}),
+  });
+  const reply = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = typeof reply.detail === "string" ? reply.detail : JSON.stringify(reply.detail);
+    throw new Error(`${path}: ${response.status} ${detail}`);
+  }
+  return reply;
+}
+
+function button(selector, path, body, done) {
+  for (const element of document.querySelectorAll(selector)) {
+    element.addEventListener("click", async () => {
+      const target = typeof path === "function" ? path(element) : path;
+      try {
+        const reply = await post(target, body);
+        showMessage(done ? done(reply) : `${target}: ok`, false);
+      } catch (error) {
+        showMessage(error.message, true);
+      }
+    });
+  }
+}
+
+// ---- status: processes, arm, e-stop state ---------------------------------------------------
+
+function rejectedCount(status) {
+  const rejected = status && status.rejected;
+  if (rejected === undefined || rejected === null) return "–";
+  if (typeof rejected === "number") return rejected;
+  return Object.values(rejected).reduce((sum, value) => sum + (typeof value === "number" ? value : 0), 0);
+}
+
+function processState(status) {
+  if (!status) return "–";
+  if (status.estopped) return "E-STOPPED";
+  return status.state || "–";
+}
+
+function scalarDetail(status) {
+  if (!status) return "";
+  const skip = new Set(["state", "estopped", "rejected", "joint_positions", "ok"]);
+  return Object.entries(status)
+    .filter(([key, value]) => !skip.has(key) && (typeof value === "number" || typeof value === "string"))
+    .slice(0, 6)
+    .map(([key, value]) => `${key}=${typeof value === "number" ? formatNumber(value) : value}`)
+    .join("  ");
+}
+
+function renderHealth(status) {
+  const rows = [];
+  if (status.learner) rows.push(status.learner);
+  rows.push(...status.actors);
+  $("#health tbody").innerHTML = "";
+  for (const link of rows) {
+    const row = document.createElement("tr");
+    const cells = [
+      `${link.name} (${link.address})`,
+      link.connected ? "yes" : "no",
+      link.reply_age_s === null ? "never" : `${link.reply_age_s.toFixed(1)} s`,
+      processState(link.status),
+      rejectedCount(link.status),
+      link.error || scalarDetail(link.status),
+    ];
+    cells.forEach((text, i) => {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      if (i === 1) cell.className = link.connected ? "yes" : "no";
+      row.appendChild(cell);
+    });
+    $("#health tbody").appendChild(row);
+  }
+  renderArm(status.actors);
+}
+
+function renderArm(actors) {
+  const badge = $("#arm-state");
+  const known = actors.filter((link) => link.connected && link.status);
+  if (!known.length) {
+    badge.textContent = "arm: no actor connected";
+    badge.className = "badge bad";
+    return;
+  }
+  const stopped = known.some((link) => link.status.estopped);
+  badge.textContent = stopped ? "arm: E-STOPPED, holding" : "arm: running";
+  badge.className = stopped ? "badge bad" : "badge ok";
+  const arm = known[0].status;
+  if (typeof arm.ee_error === "number") $("#ee-error").textContent = `end-effector error to target: ${(arm.ee_error * 100).toFixed(1)} cm`;
+  if (Array.isArray(arm.joint_positions)) renderJoints(arm.joint_positions);
+}
+
+function renderJoints(positions) {
+  const { names, lower, upper } = overview.joints;
+  const box = $("#joints");
+  box.innerHTML = "";
+  positions.forEach((q, i) => {
+    const fraction = Math.min(1, Math.max(0, (q - lower[i]) / (upper[i] - lower[i])));
+    const nearLimit = fraction < 0.05 || fraction > 0.95;
+    const row = document.createElement("div");
+    row.className = "joint";
+    row.innerHTML =
+      `<span>${names[i]}</span>` +
+      `<svg viewBox="0 0 100 10" preserveAspectRatio="none"><rect x="0" y="3" width="100" height="4" fill="#e3e3e3"/>` +
+      `<rect x="${(100 * fraction - 1).toFixed(2)}" y="0" width="2" height="10" fill="${nearLimit ? "#d1242f" : "#1f6feb"}"/></svg>` +
+      `<span>${q.toFixed(2)} rad</span>`;
+    row.title = `limits ${lower[i]} .. ${upper[i]} rad`;
+    box.appendChild(row);
+  });
+}
+
+// ---- lists: reports, checkpoints, events -----------------------------------------------------
+
+function renderReports(reports) {
+  const body = $("#reports tbody");
+  body.innerHTML = "";
+  for (const report of reports) {
+    const row = document.createElement("tr");
+    const s = report.summary || {};
+    const spec = report.spec || {};
+    const cells = report.error
+      ? [report.name, report.error, "", "", "", "", ""]
+      : [report.name, spec.kind, spec.magnitude, s.trials, `${Math.round(100 * s.success_rate)} %`,
+         s.mean_recovery_s === null ? "never" : formatNumber(s.mean_recovery_s), formatNumber(s.max_deviation_m)];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    }
+    row.addEventListener("click", async () => {
+      const response = await fetch(`/api/reports/${encodeURIComponent(report.name)}`);
+      const detail = $("#report-detail");
+      detail.textContent = JSON.stringify(await response.json(), null, 2);
+      detail.hidden = false;
+    });
+    body.appendChild(row);
+  }
+}
+
+function renderPerturbation(job) {
+  const box = $("#perturb-state");
+  if (job.state === "running") box.textContent = `running a ${job.spec.kind} test on ${job.actor}…`;
+  else if (job.state === "failed") box.textContent = `last test failed: ${job.error}`;
+  else if (job.state === "done") box.textContent = `last test done: ${job.reply && job.reply.report}`;
+  else box.textContent = "";
+}
+
+function renderCheckpoints(checkpoints) {
+  const list = $("#checkpoints");
+  list.innerHTML = "";
+  for (const checkpoint of checkpoints) {
+    const item = document.createElement("li");
+    item.textContent = `${checkpoint.name}  ${(checkpoint.bytes / 1e6).toFixed(2)} MB  ${new Date(checkpoint.time * 1000).toLocaleString()}`;
+    list.appendChild(item);
+  }
+  if (!checkpoints.length) list.innerHTML = "<li>none yet</li>";
+}
+
+function appendEvents(events) {
+  const list = $("#events");
+  for (const [, time, source, kind, message] of events) {
+    const item = document.createElement("li");
+    item.textContent = `${new Date(time * 1000).toLocaleTimeString()} ${source} ${kind}: ${message}`;
+    list.appendChild(item);
+  }
+  if (events.length) list.scrollTop = list.scrollHeight;
+}
+
+let frameRefresh = 0;
+function refreshFrame() {
+  // the newest rendered frame of the simulated scene, if the run has one
+  const image = $("#frame");
+  image.onload = () => (image.hidden = false);
+  image.onerror = () => (image.hidden = true);
+  image.src = `/api/frame?n=${frameRefresh++}`;
+}
+
+// ---- the stream --------------------------------------------------------------------------------
+
+function connect() {
+  const source = new EventSource("/api/stream");
+  source.addEventListener("open", () => { $("#stream-state").textContent = "live"; $("#stream-state").className = "badge ok"; });
+  source.addEventListener("error", () => { $("#stream-state").textContent = "reconnecting"; $("#stream-state").className = "badge bad"; });
+  source.addEventListener("update", (event) => {
+    const update = JSON.parse(event.data);
+    for (const [name, points] of Object.entries(update.series)) plots[name].extend(points);
+    renderHealth(update.status);
+    renderPerturbation(update.status.perturbation);
+    renderReports(update.reports);
+    renderCheckpoints(update.checkpoints);
+    appendEvents(update.events);
+  });
+}
+
+async function main() {
+  const response = await fetch("/api/overview");
+  if (!response.ok) {
+    showMessage("not logged in: open the login link the panel printed at start (/?token=...)", true);
+    return;
+  }
+  overview = await response.json();
+  $("#run-dir").textContent = overview.run_dir;
+  for (const [name, title] of Object.entries(overview.curves)) {
+    const canvas = document.createElement("canvas");
+    canvas.dataset.curve = name;
+    $("#plots").appendChild(canvas);
+    plots[name] = new LinePlot(canvas, title);
+    plots[name].draw();
+  }
+  for (const link of overview.links) $("#perturb-form [name=link]").add(new Option(link, link, link === "right_l6", link === "right_l6"));
+  $("#perturb-form [name=kind]").addEventListener("change", (event) => {
+    const wrench = event.target.value === "wrench";
+    $("#magnitude-unit").textContent = wrench ? "N" : "rad";
+    $("#perturb-form [name=magnitude]").value = wrench ? 20 : 0.2;
+  });
+
+  button("#estop", "/api/estop", {}, () => "E-STOP sent: every actor holds the arm until re-armed");
+  button("#rearm", "/api/rearm", {}, () => "re-armed");
+  button("[data-training]", (element) => `/api/training/${element.dataset.training}`);
+  button("#reset-episode", "/api/episode/reset", {});
+  $("#perturb-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const spec = { kind: form.get("kind"), magnitude: Number(form.get("magnitude")), trials: Number(form.get("trials")) };
+    if (spec.kind === "wrench") Object.assign(spec, { link: form.get("link"), duration_s: Number(form.get("duration_s")) });
+    try {
+      await post("/api/perturbation", spec);
+      showMessage(`perturbation test started (${spec.trials} trials)`, false);
+    } catch (error) {
+      showMessage(error.message, true);
+    }
+  });
+  window.addEventListener("resize", () => Object.values(plots).forEach((plot) => plot.draw()));
+  connect();
+  refreshFrame();
+  setInterval(refreshFrame, 2000);
+}
+
+main();
