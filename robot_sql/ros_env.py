@@ -1,0 +1,90 @@
+"""Finding the ROS 2 side: rclpy and the colcon workspace ros_ws/ with intera_core_msgs.
+
+On the robot (ROS 2 Humble image) the user sources /opt/ros/humble and ros_ws/install/setup.bash
+and everything imports. On a development machine rclpy comes from the pip wheels in the venv
+and ros_ws/install is built by scripts/build_ros_ws.sh; `workspace_env()` gives the variables a
+process needs to load the built messages, and `require_messages()` re-executes the current
+command with them so that `robot-sql sim-robot` works without sourcing anything.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from robot_sql.config import ConfigError, S, load_settings
+
+WORKSPACE = Path(os.environ.get("ROBOT_SQL_ROS_WS", Path(__file__).resolve().parent.parent / "ros_ws"))
+INSTALL = WORKSPACE / "install"
+_REEXEC_MARK = "ROBOT_SQL_ROS_ENV_APPLIED"
+
+
+def workspace_built() -> bool:
+    return (INSTALL / "intera_core_msgs" / "share" / "intera_core_msgs" / "package.xml").is_file()
+
+
+def workspace_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) with ros_ws/install's packages on the Python, library and ament paths."""
+    env = dict(os.environ if base is None else base)
+    python_dir = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    prefixes = sorted(path for path in INSTALL.iterdir() if path.is_dir()) if INSTALL.is_dir() else []
+
+    def prepend(name: str, paths: list[Path]) -> None:
+        existing = [part for part in env.get(name, "").split(os.pathsep) if part]
+        new = [str(path) for path in paths if path.is_dir() and str(path) not in existing]
+        env[name] = os.pathsep.join(new + existing)
+
+    prepend("PYTHONPATH", [prefix / "lib" / python_dir / "site-packages" for prefix in prefixes])
+    prepend("LD_LIBRARY_PATH", [prefix / "lib" for prefix in prefixes])
+    prepend("AMENT_PREFIX_PATH", prefixes + [Path(sys.prefix)])
+    return env
+
+
+def require_messages() -> None:
+    """Make `import intera_core_msgs` work in this process, or exit with a clear message."""
+    try:
+        import intera_core_msgs.msg  # noqa: F401
+        import rclpy  # noqa: F401
+        return
+    except ImportError as error:
+        problem = error
+    if workspace_built() and os.environ.get(_REEXEC_MARK) != "1":
+        # the dynamic loader reads LD_LIBRARY_PATH only at start-up: start again with it set
+        env = workspace_env()
+        env[_REEXEC_MARK] = "1"
+        argv = [sys.executable, "-c", "from robot_sql.cli import main; main(prog_name='robot-sql')", *sys.argv[1:]]
+        os.execve(sys.executable, argv, env)
+    raise click.ClickException(
+        f"the ROS 2 messages cannot be imported ({problem}). Build the workspace with "
+        f"scripts/build_ros_ws.sh, or source /opt/ros/<distro>/setup.bash and {INSTALL}/setup.bash"
+    )
+
+
+def declare_settings(node, settings_cls: type[S]) -> S:
+    """Settings from ROS parameters: every field is declared with its default (so a ROS 2
+    params file or `-p name:=value` sets it, as `ros2 launch` does), then validated as usual."""
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    defaults = settings_cls()
+    for name, value in defaults.model_dump(mode="json").items():
+        if isinstance(value, list):
+            value = [float(item) for item in value]
+        try:
+            node.declare_parameter(name, value)
+        except InvalidParameterTypeException as error:
+            raise ConfigError(f"parameter {name}: {error} (write lists of numbers as floats, e.g. 0.0)") from error
+    values = {name: node.get_parameter(name).value for name in defaults.model_dump()}
+    return load_settings(settings_cls, **values)
+
+
+def ros_arguments(params_file: str | None, ros_args: tuple[str, ...]) -> list[str]:
+    """The user's ROS arguments with `--params-file FILE` added to their `--ros-args` section."""
+    args = list(ros_args)
+    if params_file:
+        if "--ros-args" not in args:
+            args = ["--ros-args", *args]
+        at = args.index("--ros-args") + 1
+        args[at:at] = ["--params-file", params_file]
+    return args
