@@ -1,0 +1,1 @@
+"""The MuJoCo Sawyer stand-in (installed as robot_sql.sim): model, robot, envs and rendering."""

@@ -1,0 +1,58 @@
+"""The MuJoCo scenes: MJCF files in sim/assets/, plus the Lego bricks built from the task's sizes.
+
+`build_model("arm")` is the Sawyer on its pedestal (reach and pretraining);
+`build_model("lego")` adds the table, a fixed brick (moved by the env) and a brick held in
+the gripper. The bricks are generated from robot_sql/tasks/lego.py so the simulator and the
+task's target pose can never disagree about them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from robot_sql.tasks import lego
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SCENES = {"arm": "scene.xml", "lego": "lego.xml"}
+BRICK_RGBA = {"fixed_brick": [0.1, 0.35, 0.8, 1.0], "held_brick": [0.85, 0.15, 0.1, 1.0]}
+BRICK_MASS = 0.0023  # kg
+
+
+def _add_brick(parent: mujoco.MjsBody, name: str, pos, quat, contype: int, conaffinity: int) -> None:
+    body = parent.add_body(name=name, pos=pos, quat=quat, mass=BRICK_MASS,
+                           inertia=[1e-7, 1e-7, 1e-7], explicitinertial=True)
+    body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_BOX, size=lego.BRICK_SIZE / 2,
+                  rgba=BRICK_RGBA[name], contype=contype, conaffinity=conaffinity, friction=[0.8, 0.02, 0.001])
+    for i, stud in enumerate(lego.stud_positions()):
+        # drawn only: the bodies' faces are what touch (see robot_sql/tasks/lego.py)
+        body.add_geom(name=f"{name}_stud{i}", type=mujoco.mjtGeom.mjGEOM_CYLINDER, pos=stud,
+                      size=[lego.STUD_RADIUS, lego.STUD_HEIGHT / 2, 0], rgba=BRICK_RGBA[name],
+                      contype=0, conaffinity=0, group=1)
+
+
+def build_model(scene: str = "arm") -> mujoco.MjModel:
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; known: {sorted(SCENES)}")
+    spec = mujoco.MjSpec.from_file(str(ASSETS / SCENES[scene]))
+    if scene == "lego":
+        # the fixed brick is static (part of the world); the env moves it between episodes
+        _add_brick(spec.worldbody, "fixed_brick", pos=[0.6, 0.1, lego.BRICK_SIZE[2] / 2], quat=[1, 0, 0, 0],
+                   contype=0, conaffinity=1)
+        # right_gripper_base's frame is right_hand's, where HELD_BRICK_IN_HAND is given
+        held_pos, held_quat = lego.HELD_BRICK_IN_HAND
+        _add_brick(spec.body("right_gripper_base"), "held_brick", pos=held_pos, quat=held_quat,
+                   contype=1, conaffinity=0)
+    return spec.compile()
+
+
+def table_height(model: mujoco.MjModel) -> float:
+    """z of the table top in `base`."""
+    table = model.geom("table")
+    return float(table.pos[2] + table.size[2])
+
+
+def brick_grip_opening() -> float:
+    """Finger joint travel that closes each finger on the held brick's sides."""
+    return float(np.clip(lego.BRICK_SIZE[1] / 2, 0.0, 0.020833))
