@@ -17,6 +17,7 @@ or None, which means "stop commanding velocity and hold the current angles". In 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,3 +148,91 @@ class SafetyFilter:
                 continue
             scale = min(scale, max(room, 0.0) / abs(step[axis]))
         return float(min(scale, 1.0))
+
+
+class GuardedRobot:
+    """A Robot (robot_sql/robot.py) whose velocity commands all pass the safety filter.
+
+    Wraps the simulator and the ROS-backed arm alike. `estop()` may come from any thread (a
+    ROS callback, the actor's control channel): it latches, holds the arm at once, and a lock
+    makes sure no velocity command checked before it can reach the arm after it. The arm is
+    told to hold once, when commanding stops; `rearm()` clears the latch.
+    """
+
+    def __init__(self, robot, safety: SafetyFilter, kinematics=None):
+        self.robot = robot
+        self.safety = safety
+        self.kinematics = kinematics  # SawyerKinematics, or None: end effector from robot.ee_pose()
+        self.joint_names = robot.joint_names
+        self.estopped = False
+        self.holding = False
+        self.last_decision: Decision | None = None
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):  # time, joint_positions, ee_pose, advance, perturbations ...
+        return getattr(self.robot, name)
+
+    def state_age(self) -> float:
+        state_age = getattr(self.robot, "state_age", None)
+        return state_age() if state_age is not None else 0.0
+
+    def send_velocity(self, velocity) -> Decision:
+        with self._lock:
+            q = self.robot.joint_positions()
+            if self.kinematics is not None and np.all(np.isfinite(q)):
+                ee, jacobian = self.kinematics.hand(q)
+            else:
+                ee, jacobian = self.robot.ee_pose()[0], None
+            decision = self.safety.check(velocity, q, ee, self.state_age(), self.estopped, jacobian)
+            self.last_decision = decision
+            self.counts[decision.reason] = self.counts.get(decision.reason, 0) + 1
+            if decision.hold:
+                self._hold_once()
+            else:
+                self.holding = False
+                self.robot.send_velocity(decision.velocity)
+            return decision
+
+    def hold(self) -> None:
+        with self._lock:
+            self._hold_once()
+
+    def _hold_once(self) -> None:
+        if not self.holding:
+            self.holding = True
+            self.robot.hold()
+
+    def estop(self) -> None:
+        with self._lock:
+            self.estopped = True
+            self.holding = True
+            self.robot.hold()
+
+    def rearm(self) -> None:
+        with self._lock:
+            self.estopped = False
+
+    def send_position(self, position) -> None:
+        with self._lock:
+            if self.estopped:
+                raise RuntimeError("e-stop is latched: rearm before moving")
+            self.holding = False
+            self.robot.send_position(position)
+
+    def move_to(self, target, timeout: float = 15.0, tolerance: float = 0.01) -> bool:
+        """Position-mode move (episode reset); gives up at once, holding, if the e-stop latches."""
+        from robot_sql.robot import joint_target
+
+        goal = joint_target(target)
+        deadline = self.robot.time + timeout
+        while self.robot.time < deadline:
+            try:
+                self.send_position(goal)
+            except RuntimeError:
+                return False
+            self.robot.advance(0.05)
+            q = self.robot.joint_positions()
+            if np.max(np.abs(q - goal)) < tolerance and np.max(np.abs(self.robot.joint_velocities())) < 0.05:
+                return True
+        return False

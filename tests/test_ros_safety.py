@@ -131,3 +131,42 @@ def test_filter_is_fast():
         check(np.full(7, 0.3), jacobian=jacobian)
     per_call = (time.perf_counter() - start) / 2000
     assert per_call < 200e-6, f"{per_call * 1e6:.0f} us per check"
+
+
+def guarded_sim_robot():
+    from robot_sql.kinematics import SawyerKinematics
+    from robot_sql.safety import GuardedRobot
+    from robot_sql.sim.sawyer import MujocoSawyer
+
+    return GuardedRobot(MujocoSawyer(), FILTER, SawyerKinematics())
+
+
+def test_guarded_robot_moves_within_limits_and_estop_latches():
+    robot = guarded_sim_robot()
+    start = robot.joint_positions()
+    decision = robot.send_velocity(np.full(7, 5.0))  # far above the limits
+    assert decision.reason == "limited"
+    robot.advance(0.1)
+    moved = robot.joint_positions() - start
+    assert np.all(np.abs(moved) <= LIMITS.velocity_max * 0.1 + 1e-3) and np.linalg.norm(moved) > 0.01
+    robot.estop()
+    stopped_at = robot.joint_positions()
+    assert robot.send_velocity(np.full(7, 0.2)).reason == "estop"
+    robot.advance(0.3)
+    np.testing.assert_allclose(robot.joint_positions(), stopped_at, atol=0.02)
+    assert robot.move_to("neutral") is False
+    robot.rearm()
+    assert robot.move_to("neutral", timeout=10.0)
+
+
+def test_guarded_robot_holds_once_when_commanding_stops():
+    robot = guarded_sim_robot()
+    holds = []
+    inner_hold = robot.robot.hold
+    robot.robot.hold = lambda: (holds.append(1), inner_hold())
+    for _ in range(3):
+        assert robot.send_velocity(np.full(7, np.nan)).hold
+    assert len(holds) == 1
+    robot.send_velocity(np.zeros(7))
+    robot.send_velocity(np.full(7, np.inf))
+    assert len(holds) == 2
