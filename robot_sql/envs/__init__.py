@@ -9,6 +9,9 @@ ENVIRONMENTS: dict[str, dict] = {
     "PointCorner-v0": {"entry_point": "robot_sql.envs.point_mass:CornerEnv", "max_episode_steps": 20},
     "PointRun-v0": {"entry_point": "robot_sql.envs.point_mass:RunEnv", "max_episode_steps": 30},
     "PointSingleGoal-v0": {"entry_point": "robot_sql.envs.point_mass:SingleGoalEnv", "max_episode_steps": 30},
+    "SawyerReach-v0": {"entry_point": "robot_sql.sim.envs:SawyerReachEnv"},
+    "SawyerLegoStack-v0": {"entry_point": "robot_sql.sim.envs:SawyerLegoStackEnv"},
+    "SawyerPretrain-v0": {"entry_point": "robot_sql.sim.envs:SawyerPretrainEnv"},
 }
 
 

@@ -1,0 +1,181 @@
+"""gymnasium environments on the MuJoCo Sawyer.
+
+- `SawyerReach-v0`: move right_hand to a random target pose in a workspace box in front of the robot.
+- `SawyerLegoStack-v0`: a 2x4 brick is held in the gripper; seat it on a second brick fixed
+  on the table at a random place and yaw. The target is the hand pose that seats the brick
+  (robot_sql/tasks/lego.py).
+- `SawyerPretrain-v0`: move the end effector fast in any direction (the SQL paper's
+  pretraining task); reward = end-effector speed (m/s).
+
+Observation, action, reward and success are defined once, in robot_sql/tasks/pose_task.py,
+and shared with the real arm. An env step sends one velocity command and integrates the
+physics for 1 / control_hz seconds (20 Hz by default) without any real-time waiting.
+Episodes end on success (terminated) or after `episode_seconds` (truncated). The velocity
+command is re-sent every step, so control_hz must stay above 1 / 0.2 s (Intera's timeout).
+"""
+from __future__ import annotations
+
+import gymnasium
+import mujoco
+import numpy as np
+
+from robot_sql import sawyer
+from robot_sql.sim.sawyer import MujocoSawyer
+from robot_sql.sim.scenes import brick_grip_opening, build_model, table_height
+from robot_sql.tasks import lego
+from robot_sql.tasks.pose_task import ACTION_SIZE, OBSERVATION_SIZE, PoseTask, SuccessTimer, action_to_velocity, observation
+from robot_sql.tasks.poses import Pose, quat_from_axis_angle, quat_multiply
+
+START_JOINT_NOISE = 0.1  # rad, uniform around the neutral pose
+NEUTRAL_HAND_QUAT = np.array([0.0, np.sqrt(0.5), np.sqrt(0.5), 0.0])  # tool z down (reference C)
+
+
+class SawyerPoseEnv(gymnasium.Env):
+    """Shared machinery: the robot, stepping, observation, reward, success and rendering."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    scene = "arm"
+    task = PoseTask()
+    default_episode_seconds = 10.0
+
+    def __init__(self, control_hz: float = 20.0, velocity_fraction: float = 0.3,
+                 episode_seconds: float | None = None, render_mode: str | None = None,
+                 render_size: tuple[int, int] = (480, 640)):
+        if control_hz <= 1.0 / sawyer.COMMAND_TIMEOUT_S:
+            raise ValueError(f"control_hz must exceed {1.0 / sawyer.COMMAND_TIMEOUT_S} (the command timeout), got {control_hz}")
+        if not 0.0 < velocity_fraction <= 1.0:
+            raise ValueError(f"velocity_fraction must be in (0, 1], got {velocity_fraction}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.control_hz = control_hz
+        self.velocity_fraction = velocity_fraction
+        self.episode_seconds = episode_seconds or self.default_episode_seconds
+        self.max_steps = int(round(self.episode_seconds * control_hz))
+        self.render_mode = render_mode
+        self.render_size = render_size
+        self.metadata = {**self.metadata, "render_fps": int(round(control_hz))}
+        self.robot = MujocoSawyer(build_model(self.scene))
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBSERVATION_SIZE,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_SIZE,), np.float32)
+        self.target: Pose = self.robot.ee_pose()
+        self.success = SuccessTimer(self.task.hold_time)
+        self._steps = 0
+        self._renderer: mujoco.Renderer | None = None
+
+    # ---- per task ----------------------------------------------------------------------
+    def _new_episode(self) -> None:
+        """Place the arm (and scene) for a new episode and set self.target."""
+        raise NotImplementedError
+
+    def _reward(self, hand: Pose, previous_hand: Pose) -> float:
+        return self.task.reward(hand, self.target)
+
+    # ---- gymnasium ---------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._new_episode()
+        self._show_target()
+        self.success.reset()
+        self._steps = 0
+        return self._observation(), self._info(False)
+
+    def step(self, action):
+        previous_hand = self.robot.ee_pose()
+        self.robot.send_velocity(action_to_velocity(action, self.velocity_fraction))
+        self.robot.advance(1.0 / self.control_hz)
+        self._steps += 1
+        hand = self.robot.ee_pose()
+        reward = self._reward(hand, previous_hand)
+        succeeded = self.success.update(self.task.within_tolerance(hand, self.target), 1.0 / self.control_hz)
+        truncated = self._steps >= self.max_steps and not succeeded
+        return self._observation(), reward, succeeded, truncated, self._info(succeeded)
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.robot.model, *self.render_size)
+        self._renderer.update_scene(self.robot.data, camera="front")
+        return self._renderer.render()
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _observation(self) -> np.ndarray:
+        return observation(self.robot.joint_positions(), self.robot.joint_velocities(), self.robot.ee_pose(), self.target)
+
+    def _info(self, succeeded: bool) -> dict:
+        position_error, orientation_error = self.task.errors(self.robot.ee_pose(), self.target)
+        return {"position_error": position_error, "orientation_error": orientation_error, "is_success": succeeded}
+
+    def _reset_arm_near_neutral(self) -> None:
+        noise = self.np_random.uniform(-START_JOINT_NOISE, START_JOINT_NOISE, size=7)
+        self.robot.reset(sawyer.named_pose("neutral") + noise)
+
+    def _show_target(self) -> None:
+        self.robot.data.mocap_pos[0], self.robot.data.mocap_quat[0] = self.target
+        mujoco.mj_forward(self.robot.model, self.robot.data)
+
+
+class SawyerReachEnv(SawyerPoseEnv):
+    """Random target poses: position in TARGET_BOX (m, in base), tool pointing down, turned
+    up to 45 degrees about the vertical from the neutral pose's orientation."""
+
+    TARGET_BOX = (np.array([0.45, -0.2, 0.05]), np.array([0.75, 0.35, 0.35]))
+    MAX_TARGET_YAW = np.pi / 4
+    task = PoseTask(position_tolerance=0.01, orientation_tolerance=np.deg2rad(6.0), hold_time=0.25)
+
+    def _new_episode(self) -> None:
+        self._reset_arm_near_neutral()
+        position = self.np_random.uniform(*self.TARGET_BOX)
+        yaw = self.np_random.uniform(-self.MAX_TARGET_YAW, self.MAX_TARGET_YAW)
+        self.target = (position, quat_multiply(quat_from_axis_angle([0, 0, 1], yaw), NEUTRAL_HAND_QUAT))
+
+
+class SawyerLegoStackEnv(SawyerPoseEnv):
+    """The fixed brick lies at a random place in BRICK_AREA (x, y in base) turned by a random
+    yaw around BRICK_YAW; the arm starts near neutral holding the other brick."""
+
+    scene = "lego"
+    BRICK_AREA = (np.array([0.55, 0.0]), np.array([0.7, 0.25]))
+    BRICK_YAW = np.pi / 2  # long side along base y: the held brick's direction at neutral
+    MAX_BRICK_YAW_OFFSET = 0.3
+    task = PoseTask()  # seated: 3 mm, 3 degrees, held 0.25 s
+    default_episode_seconds = 15.0
+
+    def _new_episode(self) -> None:
+        self._reset_arm_near_neutral()
+        self.robot.set_gripper(brick_grip_opening())
+        x, y = self.np_random.uniform(*self.BRICK_AREA)
+        yaw = self.BRICK_YAW + self.np_random.uniform(-self.MAX_BRICK_YAW_OFFSET, self.MAX_BRICK_YAW_OFFSET)
+        self.set_fixed_brick(lego.fixed_brick_pose(x, y, yaw, table_height(self.robot.model)))
+
+    def set_fixed_brick(self, pose: Pose) -> None:
+        """Move the fixed brick and make the target the hand pose that seats the held brick on it."""
+        brick = self.robot.model.body("fixed_brick")
+        brick.pos, brick.quat = pose
+        self.fixed_brick = pose
+        self.target = lego.seated_hand_pose(pose)
+        mujoco.mj_forward(self.robot.model, self.robot.data)
+
+
+class SawyerPretrainEnv(SawyerPoseEnv):
+    """Move the end effector fast in any direction: reward = its speed (m/s). The observation
+    keeps the shared layout with the episode's start pose as the target, so a pretrained
+    policy's inputs mean the same thing when it is fine-tuned on a reaching task."""
+
+    default_episode_seconds = 5.0
+
+    def _new_episode(self) -> None:
+        self._reset_arm_near_neutral()
+        self.target = self.robot.ee_pose()
+
+    def _reward(self, hand: Pose, previous_hand: Pose) -> float:
+        return float(np.linalg.norm(hand[0] - previous_hand[0]) * self.control_hz)
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, False, truncated or self._steps >= self.max_steps, {**info, "is_success": False}
