@@ -65,3 +65,106 @@ class PerturbationSpec(BaseModel):
         if self.magnitude > limit:
             raise ValueError(f"{self.kind} magnitude {self.magnitude} {unit} exceeds the limit of {limit} {unit}")
         return self
+
+
+class TrialResult(BaseModel):
+    trial: int
+    seed: int
+    push_time_s: float  # robot time into the episode when the push came
+    success: bool  # the task's success at the end of the episode
+    recovered: bool
+    time_to_recover_s: float | None
+    max_deviation_m: float
+    episode_return: float
+    steps: int
+
+
+class PerturbationReport(BaseModel):
+    created: float
+    env: str
+    spec: PerturbationSpec
+    trials: list[TrialResult]
+    summary: dict[str, float | None]
+
+
+def summarize(trials: list[TrialResult]) -> dict[str, float | None]:
+    recoveries = [trial.time_to_recover_s for trial in trials if trial.time_to_recover_s is not None]
+    return {
+        "trials": len(trials),
+        "success_rate": float(np.mean([trial.success for trial in trials])),
+        "recovered_rate": float(np.mean([trial.recovered for trial in trials])),
+        "mean_recovery_s": float(np.mean(recoveries)) if recoveries else None,
+        "max_deviation_m": float(max(trial.max_deviation_m for trial in trials)),
+        "mean_deviation_m": float(np.mean([trial.max_deviation_m for trial in trials])),
+    }
+
+
+def push(robot, spec: PerturbationSpec, rng: np.random.Generator) -> float:
+    """Perturb the arm once in a random direction; returns the robot time at which the push ends."""
+    if spec.kind == "wrench":
+        direction = rng.normal(size=3)
+        force = spec.magnitude * direction / np.linalg.norm(direction)
+        robot.apply_wrench(spec.link, force, np.zeros(3), spec.duration_s)
+        return robot.time + spec.duration_s
+    direction = rng.normal(size=len(sawyer.JOINT_NAMES))
+    current = robot.joint_positions()
+    target = np.clip(current + spec.magnitude * direction / np.linalg.norm(direction),
+                     sawyer.POSITION_LOWER + JOINT_LIMIT_MARGIN_RAD, sawyer.POSITION_UPPER - JOINT_LIMIT_MARGIN_RAD)
+    robot.displace(target - current)  # the real arm gets there in position mode; the call returns once it has
+    return robot.time
+
+
+def run_trial(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec, trial: int) -> TrialResult:
+    """One evaluation episode with one push at `spec.push_at_s`, measured until the episode ends."""
+    robot = env.unwrapped.robot
+    seed = spec.seed + trial
+    rng = np.random.default_rng(seed)
+    observation, info = env.reset(seed=seed)
+    start = robot.time
+    episode_return, steps, done = 0.0, 0, False
+    pushed_at = push_ends = recovered_at = None
+    push_position = recover_within = None
+    max_deviation = 0.0
+    while not done:
+        if pushed_at is None and robot.time - start >= spec.push_at_s:
+            push_position = robot.ee_pose()[0]
+            recover_within = max(distance_to_target(env, info), success_tolerance(env))
+            pushed_at = robot.time
+            push_ends = push(robot, spec, rng)
+        observation, reward, terminated, truncated, info = env.step(policy(observation))
+        episode_return += float(reward)
+        steps += 1
+        done = terminated or truncated
+        if pushed_at is not None and recovered_at is None:
+            max_deviation = max(max_deviation, float(np.linalg.norm(robot.ee_pose()[0] - push_position)))
+            if robot.time >= push_ends and distance_to_target(env, info) <= recover_within:
+                recovered_at = robot.time
+    if pushed_at is None:
+        raise ValueError(f"the episode ended after {robot.time - start:.2f} s, before the push at {spec.push_at_s} s; "
+                         "choose an earlier push_at_s")
+    return TrialResult(
+        trial=trial, seed=seed, push_time_s=pushed_at - start, success=bool(info.get("is_success", False)),
+        recovered=recovered_at is not None,
+        time_to_recover_s=None if recovered_at is None else recovered_at - push_ends,
+        max_deviation_m=max_deviation, episode_return=episode_return, steps=steps,
+    )
+
+
+def run_trials(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec,
+               progress: Callable[[TrialResult], None] | None = None) -> PerturbationReport:
+    """Run `spec.trials` perturbed evaluation episodes of `policy` (observation -> action) on `env`."""
+    trials = []
+    for trial in range(spec.trials):
+        trials.append(run_trial(env, policy, spec, trial))
+        if progress is not None:
+            progress(trials[-1])
+    return PerturbationReport(created=time.time(), env=env.spec.id if env.spec else type(env.unwrapped).__name__,
+                              spec=spec, trials=trials, summary=summarize(trials))
+
+
+def save_report(run: RunDir, report: PerturbationReport) -> Path:
+    """reports/perturbation-<time>-<kind>.json (atomic); returns the path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(report.created)) + f"-{int(report.created * 1e6) % 1_000_000:06d}"
+    path = run.reports / f"perturbation-{stamp}-{report.spec.kind}.json"
+    atomic_write_bytes(path, report.model_dump_json(indent=2).encode())
+    return path

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from pydantic_settings import SettingsConfigDict
 from robot_sql import perturbation, sawyer
 from robot_sql.config import Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec
+from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
 
 STATIC = Path(__file__).parent / "static"
@@ -67,7 +69,8 @@ class PanelSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     token: SecretStr | None = None
-    learner_control: str | None = None
+    learner_control: str | None = None  # e.g. tcp://127.0.0.1:5557 (the learner's data port + 2)
+    learner_config: Path | None = None  # settings for a learner that "start" launches
     actor_control: list[str] = []
     # how often the panel asks the processes for their status and pushes updates to the page
     poll_interval_s: float = Field(1.0, gt=0, le=10)
@@ -143,28 +146,6 @@ class LinkError(Exception):
     """A control command that did not get an answer (the process is down or too slow)."""
 
 
-def send_control(address: str, command: str, arguments: dict, timeout_s: float) -> dict:
-    # TODO(panel): replace with the learner/actor ControlClient once it lands
-    import zmq
-
-    from robot_sql import protocol
-
-    context = zmq.Context.instance()
-    socket = context.socket(zmq.REQ)
-    socket.linger = 0
-    try:
-        socket.connect(address)
-        socket.send(protocol.encode("request", "panel", command=command, args=arguments))
-        if not socket.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no reply within {timeout_s} s")
-        message = protocol.decode(socket.recv(), {"reply", "error"})
-    finally:
-        socket.close()
-    if message.type == "error":
-        raise RuntimeError(f"{message.body['kind']}: {message.body['detail']}")
-    return message.body["result"]
-
-
 class ProcessLink:
     """The panel's view of one process's control channel: its last status and when it came.
 
@@ -182,8 +163,9 @@ class ProcessLink:
 
     def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
         try:
-            reply = send_control(self.address, command, arguments, timeout_s or self.timeout_s)
-        except Exception as error:  # the control client's own errors: timeouts, refused, bad replies
+            with ControlClient(self.address, timeout_s or self.timeout_s, sender="panel") as client:
+                reply = client.call(command, **arguments)
+        except ControlError as error:
             self.last_error = f"{command}: {error}"
             raise LinkError(f"{self.name} ({self.address}) did not answer {command!r}: {error}") from error
         self.last_reply_time = time.time()
@@ -262,29 +244,33 @@ def is_loopback(address: str) -> bool:
 class LearnerLauncher:
     """Starts `robot-sql learner` for the run when "start" finds no learner answering.
 
-    Only for a learner on this machine (a remote learner is started where it runs). The
-    learner runs in its own session, logging to <run-dir>/learner.log: it belongs to the run,
-    not to the panel, so closing the panel does not stop training; "stop" does.
+    Only for a learner on this machine (a remote learner is started where it runs). Its
+    settings: the panel's --learner-config, else the learner.yaml a previous learner of this
+    run left behind (so "start" after "stop" continues the same run); with neither it refuses.
+    The learner runs in its own session, logging to <run-dir>/learner.log: it belongs to the
+    run, not to the panel, so closing the panel does not stop training; "stop" does.
     """
 
-    def __init__(self, run: RunDir, control_address: str):
+    def __init__(self, run: RunDir, control_address: str, config: Path | None):
         self.run = run
-        self.control_address = control_address
+        self.data_port = int(control_address.rsplit(":", 1)[1]) - 2  # the learner's control socket is port + 2
+        self.config = config
         self.process: subprocess.Popen | None = None
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def launch(self) -> int:
-        command = [sys.executable, "-m", "robot_sql.cli", "learner", "--run-dir", str(self.run.root),
-                   "--control", self.control_address]
+        config = self.config or self.run.root / "learner.yaml"
+        if not config.is_file():
+            raise HTTPException(409, f"no learner settings: {config} does not exist; "
+                                     "start the panel with --learner-config or start the learner yourself")
+        executable = shutil.which("robot-sql", path=str(Path(sys.executable).parent)) or shutil.which("robot-sql")
+        command = [executable, "learner", "--run-dir", str(self.run.root), "--config", str(config),
+                   "--port", str(self.data_port)]
         with open(self.run.root / "learner.log", "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.process.pid
-
-    def reap(self) -> int | None:
-        """The exit status of a learner this panel started and that has ended (None while running)."""
-        return None if self.process is None else self.process.poll()
 
 
 # ---------------------------------------------------------------------------- the web application
@@ -303,7 +289,8 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
     run = RunDir.create(settings.run_dir)
     store = MetricsStore(run.metrics)
     fleet = Fleet(settings)
-    launcher = LearnerLauncher(run, settings.learner_control) if settings.learner_control and is_loopback(settings.learner_control) else None
+    launcher = (LearnerLauncher(run, settings.learner_control, settings.learner_config)
+                if settings.learner_control and is_loopback(settings.learner_control) else None)
     perturbation_job: dict = {"state": "idle"}
     job_lock = threading.Lock()
     require_token = token_checker(token)
@@ -566,13 +553,16 @@ class RunCollector:
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1; anything else exposes the panel to the network).")
 @click.option("--learner-control", default=None, help="The learner's control address, e.g. tcp://127.0.0.1:5557.")
 @click.option("--actor-control", multiple=True, help="An actor's control address; repeat for several actors.")
+@click.option("--learner-config", default=None, type=click.Path(dir_okay=False),
+              help="LearnerSettings YAML for a learner that Start launches (default: the run's learner.yaml).")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="YAML file of panel settings.")
-def panel_command(run_dir, port, host, learner_control, actor_control, config_path) -> None:
+def panel_command(run_dir, port, host, learner_control, actor_control, learner_config, config_path) -> None:
     """Serve the web panel of a run: live curves, health, arm state, controls, e-stop, perturbation tests."""
     import uvicorn
 
     settings = load_settings(PanelSettings, config_path, run_dir=run_dir, port=port, host=host,
-                             learner_control=learner_control, actor_control=list(actor_control) or None)
+                             learner_control=learner_control, learner_config=learner_config,
+                             actor_control=list(actor_control) or None)
     run = RunDir.create(settings.run_dir)
     token, generated = load_or_create_token(run, settings.token.get_secret_value() if settings.token else None)
     url = f"http://{settings.host}:{settings.port}/"

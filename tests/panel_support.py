@@ -1,0 +1,89 @@
+"""Starting real processes for the panel tests: the panel under uvicorn, a learner, an actor.
+
+Every process is started in its own session and killed (whole group) when the test ends,
+pass or fail.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROBOT_SQL = str(Path(sys.executable).with_name("robot-sql"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """A port p such that p .. p + size - 1 were all free just now (the learner binds three)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as stack:
+                for offset in range(size):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports found")
+
+
+def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    handle = open(log, "wb")
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, **(env or {})})
+    handle.close()
+    return process
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `grace_s`; returns the exit status."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    return process.wait(5)
+
+
+def kill_pid(pid: int) -> None:
+    """Kill a process some test made the panel start (it runs in its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen, log: Path, timeout_s: float = 20.0) -> None:
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"panel exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout_s, "the panel's /health")
