@@ -28,9 +28,13 @@ from robot_sql.sim.scenes import build_model
 REFERENCE_STEP_S = 0.01  # the servo references are re-planned at 100 Hz, Intera's SDK rate
 # rad/s^2; sawyer_simulator's acceleration_limits.yaml (j0 10, j1 8, j2 10, j3 10, j4-j6 12)
 ACCELERATION_LIMITS = np.array([10.0, 8.0, 10.0, 10.0, 12.0, 12.0, 12.0])
-LIMIT_MARGIN = 0.02  # rad: velocity mode brakes to stop this far inside the joint limits
+# the servo aims at most this fraction of a velocity limit, so that its tracking transients
+# (a percent or two when other joints brake or saturate) stay under the limit itself
+VELOCITY_HEADROOM = 0.97
+LIMIT_MARGIN = 0.05  # rad: velocity mode brakes to stop this far inside the joint limits (before the
+# limit constraints, which act from 0.03 rad inside, sawyer.xml)
 # servo gains per joint, about 30-40 rad/s of bandwidth on the neutral pose's inertia
-VELOCITY_GAIN = np.array([400.0, 400.0, 160.0, 160.0, 24.0, 24.0, 16.0])  # Nm per rad/s
+VELOCITY_GAIN = np.array([1000.0, 1000.0, 400.0, 400.0, 60.0, 60.0, 40.0])  # Nm per rad/s
 HOLD_STIFFNESS = np.array([1500.0, 1500.0, 600.0, 600.0, 120.0, 120.0, 60.0])  # Nm per rad
 HOLD_DAMPING = np.array([100.0, 100.0, 40.0, 40.0, 8.0, 8.0, 4.0])  # Nm per rad/s
 
@@ -207,12 +211,16 @@ class MujocoSawyer:
         q = self.joint_positions()
         room_up = np.maximum(sawyer.POSITION_UPPER - LIMIT_MARGIN - q, 0.0)
         room_down = np.maximum(q - sawyer.POSITION_LOWER - LIMIT_MARGIN, 0.0)
-        goal = np.clip(self._velocity_command, -np.sqrt(2 * ACCELERATION_LIMITS * room_down),
-                       np.sqrt(2 * ACCELERATION_LIMITS * room_up))
+        headroom = VELOCITY_HEADROOM * sawyer.VELOCITY_LIMITS
+        goal = np.clip(self._velocity_command, -np.minimum(np.sqrt(2 * ACCELERATION_LIMITS * room_down), headroom),
+                       np.minimum(np.sqrt(2 * ACCELERATION_LIMITS * room_up), headroom))
         max_change = ACCELERATION_LIMITS * duration
         acceleration = np.clip(goal - reference, -max_change, max_change) / duration
         self.data.ctrl[self._ctrl] = reference + acceleration * duration
         mujoco.mj_fullM(self.model, self.data, self._mass_matrix)
-        arm_mass = self._mass_matrix[np.ix_(self._qvel, self._qvel)]
+        # the coupling through the off-diagonal inertia only: each joint's own inertia is left
+        # to its servo, which then approaches the new reference from below, never beyond it
+        coupling = self._mass_matrix[np.ix_(self._qvel, self._qvel)]
+        np.fill_diagonal(coupling, 0.0)
         coriolis = self.data.qfrc_bias[self._qvel] - self.data.qfrc_gravcomp[self._qvel]
-        self.model.actuator_biasprm[self._ctrl, 0] = arm_mass @ acceleration + coriolis
+        self.model.actuator_biasprm[self._ctrl, 0] = coupling @ acceleration + coriolis
