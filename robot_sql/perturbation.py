@@ -6,20 +6,25 @@ configuration (works on the real arm too: the robot moves there in position mode
 it records whether the task still succeeded, how long the arm took to recover and the
 largest end-effector deviation. Reports are JSON files in the run directory's reports/.
 
-Definitions (robot time, so the numbers mean the same in simulation and on the arm):
-- deviation: distance of the end effector from where it was at the moment of the push,
-  largest value between the push and recovery (or the end of the episode);
-- recovered: the end effector's distance to the target is back to at most what it was at
-  the push (or within the task's success tolerance, whichever is larger);
+Each trial runs its episode twice from the same seed: once untouched (the reference) and
+once pushed. Measuring against the reference separates the push's effect from the policy's
+own motion towards the target. Definitions, in robot time:
+- deviation: distance between the pushed and the reference end-effector position at the
+  same step (the reference's last position once its episode has ended); the report keeps
+  the largest value after the push;
+- recovered: the deviation is back within the task's position tolerance;
 - time to recover: from the end of the push (wrench: after its duration; displacement: once
-  the displaced configuration is reached) until recovered; None if it never recovered.
+  the displaced configuration is reached) until recovered; None if it never did.
+The reference is exact for a deterministic policy, or a stochastic one that `reseed`
+restarts; otherwise the deviation also holds the policy's own randomness. On the real arm
+the two runs differ by sensor noise as well (millimetres).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -49,7 +54,7 @@ class PerturbationSpec(BaseModel):
     trials: int = Field(3, ge=1, le=50)
     link: str = Field("right_l6", description="the link a wrench pushes")
     duration_s: float = Field(0.2, gt=0, le=MAX_WRENCH_DURATION_S, description="how long a wrench pushes")
-    push_at_s: float = Field(1.0, ge=0, le=60, description="robot time into the episode when the push comes")
+    push_at_s: float = Field(0.5, ge=0, le=60, description="robot time into the episode when the push comes")
     seed: int = Field(0, ge=0, description="seeds the episodes and the push directions")
 
     @field_validator("link")
@@ -71,7 +76,8 @@ class TrialResult(BaseModel):
     trial: int
     seed: int
     push_time_s: float  # robot time into the episode when the push came
-    success: bool  # the task's success at the end of the episode
+    success: bool  # the task's success at the end of the pushed episode
+    reference_success: bool  # ... and of the untouched one
     recovered: bool
     time_to_recover_s: float | None
     max_deviation_m: float
@@ -92,6 +98,7 @@ def summarize(trials: list[TrialResult]) -> dict[str, float | None]:
     return {
         "trials": len(trials),
         "success_rate": float(np.mean([trial.success for trial in trials])),
+        "reference_success_rate": float(np.mean([trial.reference_success for trial in trials])),
         "recovered_rate": float(np.mean([trial.recovered for trial in trials])),
         "mean_recovery_s": float(np.mean(recoveries)) if recoveries else None,
         "max_deviation_m": float(max(trial.max_deviation_m for trial in trials)),
@@ -114,57 +121,91 @@ def push(robot, spec: PerturbationSpec, rng: np.random.Generator) -> float:
     return robot.time
 
 
-def run_trial(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec, trial: int) -> TrialResult:
-    """One evaluation episode with one push at `spec.push_at_s`, measured until the episode ends."""
+@dataclass
+class Rollout:
+    times: list[float] = field(default_factory=list)  # robot time since the episode start, after each step
+    hand: list[np.ndarray] = field(default_factory=list)  # right_hand position after each step
+    success: bool = False
+    episode_return: float = 0.0
+    push_step: int | None = None  # steps taken before the push
+    push_ends: float | None = None  # robot time since the episode start
+
+
+class PerturbationAborted(RuntimeError):
+    """`abort()` said stop (an e-stop came in): the arm was told to hold and the test ended."""
+
+
+def rollout(env, policy, seed: int, spec: PerturbationSpec, pushed: bool, abort: Callable[[], bool] | None) -> Rollout:
+    """One episode from `seed`; with `pushed`, one push at `spec.push_at_s` (its direction seeded by `seed`)."""
     robot = env.unwrapped.robot
-    seed = spec.seed + trial
-    rng = np.random.default_rng(seed)
     observation, info = env.reset(seed=seed)
     start = robot.time
-    episode_return, steps, done = 0.0, 0, False
-    pushed_at = push_ends = recovered_at = None
-    push_position = recover_within = None
-    max_deviation = 0.0
+    record, done = Rollout(), False
     while not done:
-        if pushed_at is None and robot.time - start >= spec.push_at_s:
-            push_position = robot.ee_pose()[0]
-            recover_within = max(distance_to_target(env, info), success_tolerance(env))
-            pushed_at = robot.time
-            push_ends = push(robot, spec, rng)
+        if abort is not None and abort():
+            robot.hold()
+            raise PerturbationAborted(f"perturbation test aborted {robot.time - start:.2f} s into an episode")
+        if pushed and record.push_step is None and robot.time - start >= spec.push_at_s:
+            record.push_step = len(record.times)
+            record.push_ends = push(robot, spec, np.random.default_rng(seed)) - start
         observation, reward, terminated, truncated, info = env.step(policy(observation))
-        episode_return += float(reward)
-        steps += 1
+        record.times.append(robot.time - start)
+        record.hand.append(robot.ee_pose()[0])
+        record.episode_return += float(reward)
         done = terminated or truncated
-        if pushed_at is not None and recovered_at is None:
-            max_deviation = max(max_deviation, float(np.linalg.norm(robot.ee_pose()[0] - push_position)))
-            if robot.time >= push_ends and distance_to_target(env, info) <= recover_within:
-                recovered_at = robot.time
-    if pushed_at is None:
+    if pushed and record.push_step is None:
         raise ValueError(f"the episode ended after {robot.time - start:.2f} s, before the push at {spec.push_at_s} s; "
                          "choose an earlier push_at_s")
+    record.success = bool(info.get("is_success", False))
+    return record
+
+
+def run_trial(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec, trial: int,
+              reseed: Callable[[int], None] | None = None, abort: Callable[[], bool] | None = None) -> TrialResult:
+    """The reference and the pushed episode of one trial, compared step by step."""
+    seed = spec.seed + trial
+    runs = []
+    for pushed in (False, True):
+        if reseed is not None:
+            reseed(seed)
+        runs.append(rollout(env, policy, seed, spec, pushed, abort))
+    reference, perturbed = runs
+    tolerance = env.unwrapped.task.position_tolerance
+    deviations = [float(np.linalg.norm(hand - reference.hand[min(step, len(reference.hand) - 1)]))
+                  for step, hand in enumerate(perturbed.hand)][perturbed.push_step:]
+    times = perturbed.times[perturbed.push_step:]
+    recovered_at = next((t for t, deviation in zip(times, deviations)
+                         if t >= perturbed.push_ends - 1e-9 and deviation <= tolerance), None)
     return TrialResult(
-        trial=trial, seed=seed, push_time_s=pushed_at - start, success=bool(info.get("is_success", False)),
-        recovered=recovered_at is not None,
-        time_to_recover_s=None if recovered_at is None else recovered_at - push_ends,
-        max_deviation_m=max_deviation, episode_return=episode_return, steps=steps,
+        trial=trial, seed=seed, push_time_s=perturbed.times[perturbed.push_step - 1] if perturbed.push_step else 0.0,
+        success=perturbed.success, reference_success=reference.success, recovered=recovered_at is not None,
+        time_to_recover_s=None if recovered_at is None else round(max(recovered_at - perturbed.push_ends, 0.0), 6),
+        max_deviation_m=max(deviations), episode_return=perturbed.episode_return, steps=len(perturbed.times),
     )
 
 
-def run_trials(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec,
-               progress: Callable[[TrialResult], None] | None = None) -> PerturbationReport:
-    """Run `spec.trials` perturbed evaluation episodes of `policy` (observation -> action) on `env`."""
-    trials = []
-    for trial in range(spec.trials):
-        trials.append(run_trial(env, policy, spec, trial))
-        if progress is not None:
-            progress(trials[-1])
-    return PerturbationReport(created=time.time(), env=env.spec.id if env.spec else type(env.unwrapped).__name__,
-                              spec=spec, trials=trials, summary=summarize(trials))
+def run_trials(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec | dict[str, Any],
+               reseed: Callable[[int], None] | None = None, abort: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run `spec.trials` perturbation trials of `policy` (observation -> action) on a pose-reaching `env`.
+
+    `env` (robot_sql.sim.envs, or the real arm's env) has `unwrapped.robot` (robot_sql.robot.Robot)
+    and `unwrapped.task.position_tolerance`, and reports `is_success` in its info. `reseed(seed)`,
+    if given, restarts a stochastic policy's random numbers. `abort()`, checked before every
+    step, ends the test with the arm holding (an actor passes "an e-stop is waiting": a test on
+    the real arm takes minutes). Returns the report as plain data (PerturbationReport,
+    JSON-ready), so an actor can send it over the wire as it is.
+    """
+    spec = PerturbationSpec.model_validate(spec)
+    trials = [run_trial(env, policy, spec, trial, reseed, abort) for trial in range(spec.trials)]
+    report = PerturbationReport(created=time.time(), env=env.spec.id if env.spec else type(env.unwrapped).__name__,
+                                spec=spec, trials=trials, summary=summarize(trials))
+    return report.model_dump(mode="json")
 
 
-def save_report(run: RunDir, report: PerturbationReport) -> Path:
-    """reports/perturbation-<time>-<kind>.json (atomic); returns the path."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(report.created)) + f"-{int(report.created * 1e6) % 1_000_000:06d}"
-    path = run.reports / f"perturbation-{stamp}-{report.spec.kind}.json"
-    atomic_write_bytes(path, report.model_dump_json(indent=2).encode())
+def save_report(run: RunDir, report: dict[str, Any]) -> Path:
+    """Check `report` and write it as reports/perturbation-<time>-<kind>.json (atomic); returns the path."""
+    checked = PerturbationReport.model_validate(report)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(checked.created)) + f"-{int(checked.created * 1e6) % 1_000_000:06d}"
+    path = run.reports / f"perturbation-{stamp}-{checked.spec.kind}.json"
+    atomic_write_bytes(path, checked.model_dump_json(indent=2).encode())
     return path

@@ -36,12 +36,12 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from robot_sql import perturbation, sawyer
 from robot_sql.config import Settings, load_settings
-from robot_sql.perturbation import PerturbationSpec
+from robot_sql.perturbation import PerturbationSpec, save_report
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
 
@@ -500,11 +500,13 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         def run_test() -> None:
             try:
                 reply = link.call("perturb", timeout_s=PERTURBATION_TIMEOUT_S, **spec.model_dump())
-                perturbation_job.update(state="done", reply=reply)
-                record("perturbation", f"{spec.kind} test on {link.name} done: {reply.get('report')}")
-            except LinkError as error:
+                path = save_report(run, reply)
+            except (LinkError, ValidationError) as error:
                 perturbation_job.update(state="failed", error=str(error))
                 record("perturbation", f"{spec.kind} test on {link.name} failed: {error}")
+            else:
+                perturbation_job.update(state="done", report=path.name)
+                record("perturbation", f"{spec.kind} test on {link.name} done: reports/{path.name}")
 
         threading.Thread(target=run_test, name="perturbation-test", daemon=True).start()
         record("perturbation", f"{spec.kind} test of {spec.trials} trial(s), magnitude {spec.magnitude}, on {link.name}")

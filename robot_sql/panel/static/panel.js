@@ -158,7 +158,7 @@ function renderPerturbation(job) {
   const box = $("#perturb-state");
   if (job.state === "running") box.textContent = `running a ${job.spec.kind} test on ${job.actor}…`;
   else if (job.state === "failed") box.textContent = `last test failed: ${job.error}`;
-  else if (job.state === "done") box.textContent = `last test done: ${job.reply && job.reply.report}`;
+  else if (job.state === "done") box.textContent = `last test done: ${job.report}`;
   else box.textContent = "";
 }
 

@@ -1,0 +1,96 @@
+"""Perturbation trials on the real MuJoCo Sawyer with a scripted policy: the numbers are measurements."""
+import gymnasium
+import mujoco
+import numpy as np
+import pytest
+
+import robot_sql  # noqa: F401  (registers the envs)
+from robot_sql import sawyer
+from robot_sql.panel.app import list_reports
+from robot_sql.perturbation import PerturbationAborted, PerturbationSpec, run_trials, save_report
+from robot_sql.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = gymnasium.make("SawyerReach-v0")
+    yield env
+    env.close()
+
+
+def reaching_policy(env):
+    """Resolved-rate control: joint velocities from the hand's pose error through the Jacobian (damped least squares)."""
+    robot = env.unwrapped.robot
+    hand = robot.model.site(sawyer.END_EFFECTOR_FRAME).id
+    joints = [robot.model.joint(name).dofadr[0] for name in sawyer.JOINT_NAMES]
+
+    def policy(observation):
+        position_jacobian, rotation_jacobian = np.zeros((3, robot.model.nv)), np.zeros((3, robot.model.nv))
+        mujoco.mj_jacSite(robot.model, robot.data, position_jacobian, rotation_jacobian, hand)
+        jacobian = np.vstack([position_jacobian, rotation_jacobian])[:, joints]
+        error = 4.0 * observation[17:23]  # position error to the target, then rotation vector
+        velocity = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + 1e-3 * np.eye(6), error)
+        return np.clip(velocity / (env.unwrapped.velocity_fraction * sawyer.VELOCITY_LIMITS), -1, 1)
+
+    return policy
+
+
+def still_policy(observation):
+    return np.zeros(7)
+
+
+def test_a_harder_push_deviates_the_hand_further(env):
+    policy = reaching_policy(env)
+    gentle = run_trials(env, policy, PerturbationSpec(kind="wrench", magnitude=1.0, duration_s=0.5, trials=3))
+    hard = run_trials(env, policy, PerturbationSpec(kind="wrench", magnitude=60.0, duration_s=0.5, trials=3))
+    for soft_trial, hard_trial in zip(gentle["trials"], hard["trials"]):
+        assert soft_trial["seed"] == hard_trial["seed"]
+        assert hard_trial["max_deviation_m"] > 10 * soft_trial["max_deviation_m"] > 0
+        assert soft_trial["max_deviation_m"] < 0.003  # a 1 N nudge barely moves a servoed arm
+        assert hard_trial["max_deviation_m"] > 0.005
+    assert gentle["summary"]["success_rate"] == hard["summary"]["success_rate"] == 1.0
+
+
+def test_a_bigger_displacement_takes_longer_to_recover(env):
+    policy = reaching_policy(env)
+    small = run_trials(env, policy, PerturbationSpec(kind="displacement", magnitude=0.1, trials=3))
+    large = run_trials(env, policy, PerturbationSpec(kind="displacement", magnitude=0.4, trials=3))
+    for small_trial, large_trial in zip(small["trials"], large["trials"]):
+        assert large_trial["max_deviation_m"] > 2 * small_trial["max_deviation_m"] > 0.01
+        assert large_trial["recovered"] and large_trial["time_to_recover_s"] > small_trial["time_to_recover_s"]
+        assert large_trial["success"] and large_trial["reference_success"]
+    assert large["summary"]["mean_recovery_s"] > small["summary"]["mean_recovery_s"] > 0
+
+
+def test_a_policy_that_does_not_correct_never_recovers(env):
+    report = run_trials(env, still_policy, PerturbationSpec(kind="displacement", magnitude=0.3, trials=2))
+    for trial in report["trials"]:
+        assert not trial["recovered"] and trial["time_to_recover_s"] is None
+        assert not trial["success"] and trial["steps"] == env.unwrapped.max_steps
+        assert trial["max_deviation_m"] > 0.03
+
+
+def test_reports_are_saved_and_listed(env, tmp_path):
+    run = RunDir.create(tmp_path)
+    report = run_trials(env, reaching_policy(env), {"kind": "wrench", "magnitude": 20.0, "trials": 1, "seed": 7})
+    path = save_report(run, report)
+    listed = list_reports(run)
+    assert listed[0]["name"] == path.name and listed[0]["spec"]["seed"] == 7
+    assert listed[0]["summary"]["trials"] == 1 and listed[0]["summary"]["max_deviation_m"] > 0
+
+
+def test_an_abort_holds_the_arm_and_ends_the_test(env):
+    calls = []
+
+    def abort_on_third_check():
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(PerturbationAborted):
+        run_trials(env, still_policy, PerturbationSpec(kind="wrench", magnitude=5.0), abort=abort_on_third_check)
+    assert env.unwrapped.robot._mode == "hold"
+
+
+def test_a_push_after_the_episode_is_refused(env):
+    with pytest.raises(ValueError, match="before the push"):
+        run_trials(env, reaching_policy(env), PerturbationSpec(kind="wrench", magnitude=5.0, push_at_s=30.0, trials=1))
