@@ -1,0 +1,351 @@
+"""The learner service: stores transitions durably, trains SQL, publishes weights.
+
+Two threads:
+  * the I/O thread owns every socket. It validates each frame, appends transitions to the
+    replay store, fsyncs, and only then acknowledges; it answers pings and control requests
+    and publishes the weight frames the training thread hands it. It never waits on torch.
+  * the training (main) thread runs SQL updates while updates < utd_ratio * (transitions
+    stored - min_replay), publishes a new weight version every `publish_every` updates, and
+    writes atomic checkpoints (networks, optimisers, counters, RNG).
+
+Restart on the same run directory: the replay log is read back (everything acknowledged is
+there), the last checkpoint is loaded, and weight versions continue above every version
+published before, crash or not (they are reserved on disk in blocks).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+import click
+import gymnasium
+import numpy as np
+import torch
+import zmq
+
+from robot_sql.config import ConfigError, dump_settings, load_settings
+from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, check_transitions, encode, secure_server,
+                                start_authenticator)
+from robot_sql.replay_store import ReplayStore
+from robot_sql.rundir import MetricsStore, RunDir, atomic_write_bytes
+from robot_sql.service_settings import LearnerSettings
+from robot_sql.sql import SoftQLearning, load_checkpoint
+from robot_sql.train import check_box_spaces, make_sql_config
+
+SOURCE = "learner"
+VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
+log = logging.getLogger("robot_sql.learner")
+
+
+class WeightVersions:
+    """Strictly increasing weight versions across restarts: a block is reserved on disk before use."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.current = json.loads(path.read_text())["reserved"] if path.exists() else 0
+        self.reserved = self.current
+
+    def next(self) -> int:
+        self.current += 1
+        if self.current > self.reserved:
+            self.reserved = self.current + VERSION_BLOCK
+            atomic_write_bytes(self.path, json.dumps({"reserved": self.reserved}).encode())
+        return self.current
+
+
+def make_env(env_id: str) -> gymnasium.Env:
+    try:
+        env = gymnasium.make(env_id)
+    except Exception as error:
+        raise ConfigError(f"cannot make environment {env_id!r}: {error}") from error
+    check_box_spaces(env, env_id)
+    return env
+
+
+class Learner:
+    def __init__(self, run: RunDir, settings: LearnerSettings):
+        self.rundir, self.settings = run, settings
+        self.sender = f"learner-{settings.port}"
+        env = make_env(settings.env)  # for its spaces and the per-env SQL preset
+        config = make_sql_config(env, settings.env, settings.sql, settings.seed)
+        env.close()
+        checkpoint_path = run.checkpoints / "learner.pt"
+        if checkpoint_path.exists():
+            state = load_checkpoint(checkpoint_path)
+            self.agent = SoftQLearning.from_state_dict(state["agent"], device=settings.device)
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = json.loads(state["sample_rng"])
+            log.info("resuming from %s at %d updates", checkpoint_path, self.agent.updates)
+            if self.agent.config != config:
+                log.warning("the checkpoint's SQL settings differ from the configured ones; the checkpoint's are used")
+        else:
+            self.agent = SoftQLearning(config, device=settings.device)
+            self.rng = np.random.default_rng(config.seed)
+        self.store = ReplayStore(run.replay, config.obs_dim, config.act_dim, settings.replay_capacity,
+                                 settings.max_batch_transitions)
+        log.info("replay store: %d transitions from %d actor sessions", self.store.transitions_total, len(self.store.seen))
+        self.versions = WeightVersions(run.root / "weight_version.json")
+        self.metrics = MetricsStore(run.metrics)
+        self.checkpoint_path = checkpoint_path
+
+        self.stop_requested = threading.Event()
+        self.paused = threading.Event()
+        self.data_arrived = threading.Event()
+        self.outbox: queue.Queue = queue.Queue()  # ("publish", frame) or ("reply", envelope, frame), for the I/O thread
+        self.checkpoint_requests: queue.Queue = queue.Queue()  # envelopes waiting for "checkpoint" replies
+        self.weight_version = 0
+        self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
+        self.update_rate = self.ingest_rate = 0.0
+        self.context = zmq.Context()
+        self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
+        self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_transitions)
+        self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
+        self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
+        self.weights_counter = RejectCounter("weights")
+        self.control = self._bind(zmq.ROUTER, 2, "control", {"request"})
+
+    def _check_transitions(self, message) -> None:
+        if message.type == "transitions":
+            check_transitions(message.body["batch"], self.store.obs_dim, self.store.act_dim, self.settings.max_batch_transitions)
+
+    def _bind(self, kind: int, offset: int, name: str, accept: set[str], check=None):
+        socket = self.context.socket(kind)
+        socket.linger = 0
+        socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_frame_bytes)  # larger frames are cut at the transport
+        secure_server(socket, self.settings.curve_secret_key)
+        address = f"tcp://{self.settings.host}:{self.settings.port + offset}"
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as error:
+            raise ConfigError(f"cannot bind the {name} socket to {address}: {error}") from error
+        if kind == zmq.XPUB:
+            return socket
+        return RouterEndpoint(socket, name, self.sender, accept, self.settings.max_frame_bytes, check)
+
+    # ---- I/O thread -------------------------------------------------------------------------------
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        for socket in (self.data.socket, self.weights_socket, self.control.socket):
+            poller.register(socket, zmq.POLLIN)
+        latest_weights = None
+        while not self.stop_requested.is_set():
+            ready = dict(poller.poll(5))
+            if self.data.socket in ready:
+                self._receive_data()
+            if self.weights_socket in ready and self._receive_subscriptions() and latest_weights is not None:
+                self.weights_socket.send(latest_weights, zmq.NOBLOCK)
+            if self.control.socket in ready:
+                self._receive_control()
+            while not self.outbox.empty():
+                item = self.outbox.get_nowait()
+                if item[0] == "publish":
+                    latest_weights = item[1]
+                    self.weights_socket.send(latest_weights, zmq.NOBLOCK)  # PUB never blocks: slow subscribers drop
+                else:
+                    self.control.send(item[1], item[2])
+
+    def _receive_data(self) -> None:
+        acks: dict[bytes, tuple[list[bytes], str, list[int]]] = {}
+        stored = 0
+        for _ in range(1000):  # drain what is queued, then one fsync covers the lot
+            received = self.data.receive()
+            if received is None:
+                break
+            envelope, message, frame = received
+            session = message.body["session"]
+            info = self.sessions.setdefault(session, {"sender": message.sender, "transitions": 0, "last_seen": 0.0})
+            if info["transitions"] == 0 and info["last_seen"] == 0.0:
+                self.metrics.event(SOURCE, "actor", f"actor {message.sender} (session {session}) connected")
+                log.info("actor %s (session %s) connected", message.sender, session)
+            info["last_seen"] = time.time()
+            if message.type == "transitions":
+                rows = self.store.append(message, frame)
+                info["transitions"] += rows
+                stored += rows
+                acks.setdefault(envelope[0], (envelope, session, []))[2].append(message.body["seq"])
+            elif message.type == "ping":
+                self.data.send(envelope, encode("pong", self.sender, weight_version=self.weight_version))
+            else:  # stats
+                self.metrics.log(message.sender, self.agent.updates, message.body["values"])
+        if acks:
+            self.store.sync()  # acknowledged means durable
+            for envelope, session, seqs in acks.values():
+                self.data.send(envelope, encode("ack", self.sender, session=session, seqs=seqs))
+        if stored:
+            self.data_arrived.set()
+
+    def _receive_subscriptions(self) -> bool:
+        """Count what arrives on the weights socket; True if someone (re)subscribed."""
+        subscribed = False
+        while True:
+            try:
+                frame = self.weights_socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return subscribed
+            if frame[:1] in (b"\x00", b"\x01"):  # XPUB (un)subscription: the only thing a subscriber sends
+                self.weights_counter.accepted += 1
+                subscribed |= frame[:1] == b"\x01"
+            else:
+                self.weights_counter.reject(ProtocolError("unexpected", "the weights socket only publishes"))
+
+    def _receive_control(self) -> None:
+        while (received := self.control.receive()) is not None:
+            envelope, message, _ = received
+            command = message.body["command"]
+            if command == "status":
+                result = self.status()
+            elif command == "pause":
+                self.paused.set()
+                self._event("pause", "training paused by request")
+                result = {"paused": True}
+            elif command == "resume":
+                self.paused.clear()
+                self._event("resume", "training resumed by request")
+                result = {"paused": False}
+            elif command == "checkpoint":
+                self.checkpoint_requests.put(envelope)  # answered once written
+                continue
+            elif command == "stop":
+                self._event("stop", "stop requested over the control channel")
+                self.stop_requested.set()
+                result = {"stopping": True}
+            else:
+                self.control.send(envelope, encode("error", self.sender, kind="unknown_command",
+                                                   detail=f"commands: status, pause, resume, checkpoint, stop"))
+                continue
+            self.control.send(envelope, encode("reply", self.sender, result=result))
+
+    def status(self) -> dict:
+        now = time.time()
+        return {
+            "state": "stopping" if self.stop_requested.is_set() else "paused" if self.paused.is_set() else "running",
+            "device": str(self.agent.device),
+            "updates": self.agent.updates,
+            "weight_version": self.weight_version,
+            "transitions_total": self.store.transitions_total,
+            "replay_size": len(self.store),
+            "update_rate": self.update_rate,
+            "ingest_rate": self.ingest_rate,
+            "actors": {session: {"sender": info["sender"], "transitions": info["transitions"],
+                                 "seconds_since_seen": round(now - info["last_seen"], 3)}
+                       for session, info in self.sessions.items()},
+            "received": {c.socket_name: c.received for c in self.counters()},
+            "rejected": {c.socket_name: {k: n for k, n in c.rejected.items() if n} for c in self.counters()},
+        }
+
+    def counters(self) -> list[RejectCounter]:
+        return [self.data.counter, self.weights_counter, self.control.counter]
+
+    # ---- training thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        io_thread = threading.Thread(target=self.serve, name="learner-io", daemon=True)
+        io_thread.start()
+        self._event("start", f"learner up on {self.settings.host}:{self.settings.port} "
+                             f"(device {self.agent.device}, {self.store.transitions_total} stored transitions, "
+                             f"{self.agent.updates} updates)")
+        self.publish()
+        settings = self.settings
+        last_checkpoint = last_log = time.monotonic()
+        updates_at_log, transitions_at_log = self.agent.updates, self.store.transitions_total
+        losses: dict[str, list[float]] = {}
+        while not self.stop_requested.is_set():
+            allowed = settings.utd_ratio * (self.store.transitions_total - settings.min_replay + 1)
+            if self.paused.is_set() or len(self.store) < settings.min_replay or self.agent.updates >= allowed:
+                self.data_arrived.wait(0.01)
+                self.data_arrived.clear()
+            else:
+                batch = self.store.sample(self.agent.config.batch_size, self.rng)
+                for name, value in self.agent.update(batch).items():
+                    losses.setdefault(name, []).append(value)
+                if self.agent.updates % settings.publish_every == 0:
+                    self.publish()
+                if settings.max_updates and self.agent.updates >= settings.max_updates:
+                    self._event("stop", f"reached max_updates={settings.max_updates}")
+                    self.stop_requested.set()
+            now = time.monotonic()
+            while not self.checkpoint_requests.empty():
+                envelope = self.checkpoint_requests.get_nowait()
+                self.checkpoint()
+                last_checkpoint = now
+                self.outbox.put(("reply", envelope, encode("reply", self.sender, result={
+                    "path": str(self.checkpoint_path), "updates": self.agent.updates})))
+            if now - last_checkpoint >= settings.checkpoint_every_s:
+                self.checkpoint()
+                last_checkpoint = now
+            if now - last_log >= settings.log_every_s:
+                elapsed = now - last_log
+                self.update_rate = (self.agent.updates - updates_at_log) / elapsed
+                self.ingest_rate = (self.store.transitions_total - transitions_at_log) / elapsed
+                self._log_metrics({name: float(np.mean(values)) for name, values in losses.items()})
+                losses.clear()
+                last_log, updates_at_log, transitions_at_log = now, self.agent.updates, self.store.transitions_total
+        io_thread.join(timeout=5)
+        self.checkpoint()
+        self.store.close()
+        self._event("stopped", f"stopped cleanly at {self.agent.updates} updates, weight version {self.weight_version}")
+        self.close()
+
+    def publish(self) -> None:
+        version = self.versions.next()
+        frame = encode("weights", self.sender, version=version, hidden_sizes=list(self.agent.config.hidden_sizes),
+                       weights=self.agent.policy_weights())
+        self.weight_version = version
+        self.outbox.put(("publish", frame))
+
+    def checkpoint(self) -> None:
+        buffer = io.BytesIO()
+        torch.save({"agent": self.agent.state_dict(), "sample_rng": json.dumps(self.rng.bit_generator.state)}, buffer)
+        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        self._event("checkpoint", f"checkpoint at {self.agent.updates} updates -> {self.checkpoint_path}")
+
+    def _log_metrics(self, losses: dict[str, float]) -> None:
+        values = {
+            "updates": self.agent.updates,
+            "update_rate": self.update_rate,
+            "ingest_rate": self.ingest_rate,
+            "transitions_total": self.store.transitions_total,
+            "replay_size": len(self.store),
+            "weight_version": self.weight_version,
+            "actors_seen": sum(time.time() - info["last_seen"] < 5.0 for info in self.sessions.values()),
+            **losses,
+        }
+        for counter in self.counters():
+            values.update({f"rejected_{counter.socket_name}_{kind}": n for kind, n in counter.rejected.items() if n})
+            values[f"received_{counter.socket_name}"] = counter.received
+        self.metrics.log(SOURCE, self.agent.updates, values)
+
+    def _event(self, kind: str, message: str) -> None:
+        log.info(message)
+        self.metrics.event(SOURCE, kind, message)
+
+    def close(self) -> None:
+        for socket in (self.data.socket, self.weights_socket, self.control.socket):
+            socket.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.context.term()
+        self.metrics.close()
+
+
+@click.command("learner")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Run directory (created, or resumed if it exists).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with LearnerSettings.")
+@click.option("--port", type=int, help="Data port (weights on PORT+1, control on PORT+2); overrides the config.")
+def learner_command(run_dir: str, config_file: str | None, port: int | None) -> None:
+    """Receive transitions from actors, train soft Q-learning, publish weights."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load_settings(LearnerSettings, config_file, port=port)
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    run = RunDir.create(run_dir)
+    dump_settings(settings, run.root / "learner.yaml")
+    learner = Learner(run, settings)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: learner.stop_requested.set())
+    learner.run()

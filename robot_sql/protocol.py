@@ -1,0 +1,404 @@
+"""The wire protocol between actors, learner and panel: ZeroMQ frames holding msgpack maps.
+
+No pickle anywhere: a frame is a msgpack map with a message `type`, the protocol version `v`
+and the `sender` id, plus the fields of that type. Arrays travel as
+{"dtype": "<f4", "shape": [...], "data": bytes} with an allow-list of little-endian dtypes.
+Every frame is validated before any of it is used; a bad one raises `ProtocolError` whose
+`kind` says what was wrong (the receivers count rejections per kind).
+
+Sockets (a learner binds three consecutive ports from `port`):
+    port      data     ROUTER  <- actor DEALER: transitions, ping, stats; -> ack, pong, error
+    port + 1  weights  XPUB    -> actor SUB (CONFLATE): weights, latest only
+    port + 2  control  ROUTER  <- REQ (ControlClient): request; -> reply, error
+An actor binds its own control ROUTER (status, estop, rearm, reset_episode, perturb).
+
+Optional CURVE (encryption + authentication) for links that leave the machine: key pairs
+from `robot-sql keygen`, see `secure_server` and `secure_client`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import msgpack
+import numpy as np
+import zmq
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
+MAX_ARRAY_DIMS = 4
+MAX_NAME_LENGTH = 256
+ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "|b1"})
+TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+# why a frame was rejected; receivers keep one counter per kind
+REJECT_KINDS = (
+    "oversized",  # frame or array larger than the caps
+    "malformed",  # not msgpack, or not a map with type / v / sender
+    "version",  # another protocol version
+    "unknown_type",  # a type this protocol does not know
+    "unexpected",  # a known type that this socket does not take
+    "schema",  # a field missing, extra or of the wrong type
+    "dtype",  # an array dtype outside the allow-list
+    "shape",  # an array whose shape does not match its bytes or its role
+    "nonfinite",  # NaN or inf in a float array
+    "framing",  # ZeroMQ multipart layout that no client of ours sends
+)
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolError(ValueError):
+    def __init__(self, kind: str, detail: str):
+        assert kind in REJECT_KINDS, kind
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+@dataclass(frozen=True)
+class Message:
+    type: str
+    sender: str
+    body: dict[str, Any]
+
+
+# ---- field checks: each returns the validated value or raises ProtocolError("schema") ------
+def _integer(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ProtocolError("schema", f"expected a non-negative integer, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str or len(value) > MAX_NAME_LENGTH:
+        raise ProtocolError("schema", f"expected a string of at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _integers(value: Any) -> list[int]:
+    if type(value) is not list:
+        raise ProtocolError("schema", f"expected a list of integers, got {type(value).__name__}")
+    return [_integer(item) for item in value]
+
+
+def _numbers(value: Any) -> dict[str, float]:
+    """A flat map name -> finite number (actor statistics)."""
+    if type(value) is not dict:
+        raise ProtocolError("schema", f"expected a map of numbers, got {type(value).__name__}")
+    numbers = {}
+    for name, number in value.items():
+        if type(number) not in (int, float):
+            raise ProtocolError("schema", f"value of {name!r} is not a number")
+        if not math.isfinite(number):
+            raise ProtocolError("nonfinite", f"value of {name!r} is {number}")
+        numbers[_text(name)] = float(number)
+    return numbers
+
+
+def _plain_value(value: Any, depth: int) -> None:
+    if depth > 8:
+        raise ProtocolError("schema", "nested too deeply")
+    if type(value) is dict:
+        for name, item in value.items():
+            _text(name)
+            _plain_value(item, depth + 1)
+    elif type(value) is list:
+        for item in value:
+            _plain_value(item, depth + 1)
+    elif type(value) is float and not math.isfinite(value):
+        raise ProtocolError("nonfinite", f"value {value}")
+    elif type(value) not in (str, int, float, bool, type(None)):
+        raise ProtocolError("schema", f"{type(value).__name__} is not a plain value")
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A map of plain values (request arguments, replies): no arrays, bytes or extension types."""
+    if type(value) is not dict:
+        raise ProtocolError("schema", f"expected a map, got {type(value).__name__}")
+    _plain_value(value, 0)
+    return value
+
+
+def decode_array(value: Any) -> np.ndarray:
+    if type(value) is not dict or set(value) != {"dtype", "shape", "data"}:
+        raise ProtocolError("schema", "an array must be a map with exactly dtype, shape and data")
+    dtype, shape, data = value["dtype"], value["shape"], value["data"]
+    if type(dtype) is not str or dtype not in ALLOWED_DTYPES:
+        raise ProtocolError("dtype", f"dtype {str(dtype)[:32]!r} is not one of {sorted(ALLOWED_DTYPES)}")
+    if type(shape) is not list or len(shape) > MAX_ARRAY_DIMS or any(type(n) is not int or n < 0 for n in shape):
+        raise ProtocolError("shape", f"shape must be a list of at most {MAX_ARRAY_DIMS} non-negative integers")
+    if type(data) is not bytes:
+        raise ProtocolError("schema", "array data must be bytes")
+    count = math.prod(shape)
+    if count > MAX_ARRAY_ELEMENTS:
+        raise ProtocolError("oversized", f"array of {count} elements exceeds {MAX_ARRAY_ELEMENTS}")
+    if count * np.dtype(dtype).itemsize != len(data):
+        raise ProtocolError("shape", f"shape {shape} of {dtype} needs {count * np.dtype(dtype).itemsize} bytes, got {len(data)}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # writable, and independent of the frame
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError("nonfinite", "array contains NaN or inf")
+    return array
+
+
+def _arrays(value: Any) -> dict[str, np.ndarray]:
+    if type(value) is not dict or not value:
+        raise ProtocolError("schema", "expected a non-empty map of arrays")
+    return {_text(name): decode_array(array) for name, array in value.items()}
+
+
+SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "transitions": {"session": _text, "seq": _integer, "batch": _arrays},
+    "ack": {"session": _text, "seqs": _integers},
+    "ping": {"session": _text},
+    "pong": {"weight_version": _integer},
+    "stats": {"session": _text, "values": _numbers},
+    "weights": {"version": _integer, "hidden_sizes": _integers, "weights": _arrays},
+    "request": {"command": _text, "args": _plain},
+    "reply": {"result": _plain},
+    "error": {"kind": _text, "detail": _text},
+}
+
+
+# ---- encoding and decoding -------------------------------------------------------------------
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        little = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        return {"dtype": little.dtype.str, "shape": list(little.shape), "data": np.ascontiguousarray(little).tobytes()}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot put {type(value).__name__} on the wire")
+
+
+def encode(message_type: str, sender: str, **body: Any) -> bytes:
+    """One frame: numpy arrays anywhere in `body` become {dtype, shape, data} maps."""
+    assert message_type in SCHEMAS and set(body) == set(SCHEMAS[message_type]), (message_type, sorted(body))
+    return msgpack.packb({"type": message_type, "v": PROTOCOL_VERSION, "sender": sender, **body}, default=_to_wire)
+
+
+def _refuse_extension(code: int, data: bytes) -> None:
+    raise ProtocolError("malformed", f"msgpack extension type {code} is not allowed")
+
+
+def decode(frame: bytes, accept: frozenset[str] | set[str], max_bytes: int = MAX_FRAME_BYTES) -> Message:
+    """Validate one frame completely; raise ProtocolError unless it is a well-formed message of a type in `accept`."""
+    if len(frame) > max_bytes:
+        raise ProtocolError("oversized", f"frame of {len(frame)} bytes exceeds {max_bytes}")
+    try:
+        # unpackb caps every declared length by the frame's size, so huge declared sizes fail early
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_extension)
+    except ProtocolError:
+        raise
+    except Exception as error:  # msgpack raises several types (ExtraData, StackError, UnicodeDecodeError, ...)
+        raise ProtocolError("malformed", f"not msgpack: {type(error).__name__}") from None
+    if type(raw) is not dict or not {"type", "v", "sender"} <= set(raw):
+        raise ProtocolError("malformed", "a message is a map with type, v and sender")
+    if type(raw["v"]) is not int or raw["v"] != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {str(raw['v'])[:32]!r}, this side speaks {PROTOCOL_VERSION}")
+    message_type = raw.pop("type")
+    if message_type not in SCHEMAS:
+        raise ProtocolError("unknown_type", f"unknown message type {str(message_type)[:32]!r}")
+    if message_type not in accept:
+        raise ProtocolError("unexpected", f"{message_type!r} is not taken here")
+    sender = _text(raw.pop("sender"))
+    raw.pop("v")
+    schema = SCHEMAS[message_type]
+    if set(raw) != set(schema):
+        raise ProtocolError("schema", f"{message_type} needs fields {sorted(schema)}, got {sorted(map(str, raw))[:8]}")
+    return Message(message_type, sender, {name: check(raw[name]) for name, check in schema.items()})
+
+
+def check_transitions(batch: dict[str, np.ndarray], obs_dim: int, act_dim: int, max_rows: int) -> int:
+    """Check a decoded transition batch against the learner's dimensions; return its row count."""
+    if set(batch) != set(TRANSITION_KEYS):
+        raise ProtocolError("schema", f"a transition batch has exactly {list(TRANSITION_KEYS)}")
+    rows = len(batch["rewards"]) if batch["rewards"].ndim == 1 else -1
+    expected = {"observations": (rows, obs_dim), "actions": (rows, act_dim), "rewards": (rows,),
+                "next_observations": (rows, obs_dim), "terminals": (rows,)}
+    for name, shape in expected.items():
+        if batch[name].shape != shape:
+            raise ProtocolError("shape", f"{name} has shape {batch[name].shape}, expected {shape}")
+    if not 1 <= rows <= max_rows:
+        raise ProtocolError("oversized" if rows > max_rows else "shape", f"{rows} transitions (allowed 1 to {max_rows})")
+    return rows
+
+
+# ---- ROUTER framing ----------------------------------------------------------------------------
+def split_routed(frames: list[bytes]) -> tuple[list[bytes], bytes]:
+    """ROUTER frames -> (return envelope, payload). DEALER peers send [payload], REQ peers [b"", payload]."""
+    if len(frames) == 2:
+        return frames[:1], frames[1]
+    if len(frames) == 3 and frames[1] == b"":
+        return frames[:2], frames[2]
+    raise ProtocolError("framing", f"{len(frames) - 1} frames after the identity")
+
+
+@dataclass
+class RejectCounter:
+    """Frames received on one socket: accepted, and rejected per kind (each kind logged once)."""
+
+    socket_name: str
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_KINDS, 0))
+
+    def reject(self, error: ProtocolError) -> None:
+        if self.rejected[error.kind] == 0:
+            log.warning("%s socket: rejected a frame (%s); further %s rejections are only counted",
+                        self.socket_name, error, error.kind)
+        self.rejected[error.kind] += 1
+
+    @property
+    def received(self) -> int:
+        return self.accepted + sum(self.rejected.values())
+
+
+class RouterEndpoint:
+    """A bound ROUTER socket that validates every frame, answers bad ones with an error and counts all."""
+
+    def __init__(self, socket: zmq.Socket, name: str, sender: str, accept: set[str], max_bytes: int = MAX_FRAME_BYTES,
+                 check: Callable[[Message], None] | None = None):
+        self.socket, self.sender, self.accept, self.max_bytes = socket, sender, frozenset(accept), max_bytes
+        self.check = check  # the receiver's own checks (e.g. array shapes), raising ProtocolError
+        self.counter = RejectCounter(name)
+
+    def receive(self) -> tuple[list[bytes], Message, bytes] | None:
+        """One queued message if valid: (return envelope, message, payload); None if none queued or it was rejected."""
+        try:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return None
+        envelope = frames[:1]
+        try:
+            envelope, payload = split_routed(frames)
+            message = decode(payload, self.accept, self.max_bytes)
+            if self.check is not None:
+                self.check(message)
+        except ProtocolError as error:
+            self.counter.reject(error)
+            self.send(envelope, encode("error", self.sender, kind=error.kind, detail=error.detail[:200]))
+            return None
+        self.counter.accepted += 1
+        return envelope, message, payload
+
+    def send(self, envelope: list[bytes], frame: bytes) -> None:
+        try:  # ROUTER drops unroutable peers silently; NOBLOCK so a stuck peer never stalls us
+            self.socket.send_multipart([*envelope, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+class ControlError(RuntimeError):
+    """The peer answered a control request with an error, or did not answer in time (kind "timeout")."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+class ControlClient:
+    """Request/reply client for the learner's and the actors' control channels; never hangs.
+
+    Every call waits at most `timeout_s`. A REQ socket that timed out is stuck mid-exchange,
+    so it is closed and the next call opens a fresh one (a late reply is then dropped).
+    """
+
+    def __init__(self, address: str, timeout_s: float = 2.0, sender: str = "control-client",
+                 secret_key_file: str | Path | None = None, server_key_file: str | Path | None = None):
+        self.address, self.timeout_s, self.sender = address, timeout_s, sender
+        self.keys = (secret_key_file, server_key_file)
+        self.context = zmq.Context.instance()
+        self.socket: zmq.Socket | None = None
+
+    def call(self, command: str, timeout_s: float | None = None, **args: Any) -> dict[str, Any]:
+        if self.socket is None:
+            self.socket = self.context.socket(zmq.REQ)
+            self.socket.linger = 0
+            secure_client(self.socket, *self.keys)
+            self.socket.connect(self.address)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            self.socket.send(encode("request", self.sender, command=command, args=args), zmq.NOBLOCK)
+            if not self.socket.poll(int(timeout_s * 1000)):
+                raise ControlError("timeout", f"no reply from {self.address} to {command!r} within {timeout_s} s")
+            message = decode(self.socket.recv(), {"reply", "error"})
+        except ControlError:
+            self.close()
+            raise
+        except (ProtocolError, zmq.ZMQError) as error:
+            self.close()
+            raise ControlError("bad_reply" if isinstance(error, ProtocolError) else "unreachable", str(error)) from None
+        if message.type == "error":
+            raise ControlError(message.body["kind"], message.body["detail"])
+        return message.body["result"]
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- CURVE -------------------------------------------------------------------------------------
+def secure_server(socket: zmq.Socket, secret_key_file: str | Path | None) -> None:
+    """Make `socket` a CURVE server with the key pair in `secret_key_file` (no-op when None)."""
+    if secret_key_file is None:
+        return
+    public, secret = _load_keys(secret_key_file, need_secret=True)
+    socket.curve_publickey, socket.curve_secretkey, socket.curve_server = public, secret, True
+
+
+def secure_client(socket: zmq.Socket, secret_key_file: str | Path | None, server_key_file: str | Path | None) -> None:
+    """Make `socket` a CURVE client: its own key pair plus the server's public key (both or neither)."""
+    if (secret_key_file is None) != (server_key_file is None):
+        raise ValueError("CURVE needs both the client's secret key file and the server's public key file")
+    if secret_key_file is None:
+        return
+    public, secret = _load_keys(secret_key_file, need_secret=True)
+    socket.curve_publickey, socket.curve_secretkey = public, secret
+    socket.curve_serverkey, _ = _load_keys(server_key_file, need_secret=False)
+
+
+def start_authenticator(context: zmq.Context, allowed_clients_dir: str | Path | None):
+    """Accept CURVE clients whose public keys are in `allowed_clients_dir`; None accepts any client key."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    location = str(allowed_clients_dir) if allowed_clients_dir is not None else zmq.auth.CURVE_ALLOW_ANY
+    authenticator.configure_curve(domain="*", location=location)
+    return authenticator
+
+
+def _load_keys(path: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"key file not found: {path}")
+    public, secret = zmq.auth.load_certificate(path)
+    if need_secret and secret is None:
+        raise ValueError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+@click.command("keygen")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the key files.")
+@click.option("--name", required=True, help="Key pair name, e.g. learner or actor-arm1.")
+def keygen_command(out_dir: str, name: str) -> None:
+    """Write a CURVE key pair: NAME.key (public, give it to peers) and NAME.key_secret (keep it private)."""
+    if not zmq.has("curve"):
+        raise click.ClickException("this libzmq was built without CURVE support")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / f"{name}.key_secret").exists():
+        raise click.ClickException(f"{folder / (name + '.key_secret')} exists; refusing to overwrite a key")
+    public_file, secret_file = zmq.auth.create_certificates(folder, name)
+    Path(secret_file).chmod(0o600)
+    click.echo(f"public key: {public_file}\nsecret key: {secret_file}")

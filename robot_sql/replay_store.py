@@ -1,0 +1,122 @@
+"""The learner's durable replay store: an append-only log on disk mirrored in a ReplayBuffer.
+
+Each accepted transitions message is appended as a record holding the frame exactly as it
+came off the wire (already validated; validated again on reload):
+
+    record = b"RSQ1" | uint32 payload length | uint32 crc32(payload) | payload
+
+Records go to replay/segment-NNNNNN.log files of bounded size. `sync()` fsyncs; the learner
+acknowledges a batch only after the sync that covers it, so an acknowledged batch survives
+kill -9 and power loss. On start the log is read back in order: the newest `capacity`
+transitions refill the buffer, every (session, seq) is remembered so a resent batch is
+ignored, and a torn last record (a crash mid-write, never acknowledged) is cut off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from robot_sql.protocol import Message, ProtocolError, check_transitions, decode
+from robot_sql.replay import ReplayBuffer
+
+MAGIC = b"RSQ1"
+HEADER = struct.Struct("<4sII")
+SEGMENT_BYTES = 256 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class ReplayStore:
+    def __init__(self, folder: str | Path, obs_dim: int, act_dim: int, capacity: int,
+                 max_batch_rows: int = 4096, segment_bytes: int = SEGMENT_BYTES):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.obs_dim, self.act_dim, self.max_batch_rows, self.segment_bytes = obs_dim, act_dim, max_batch_rows, segment_bytes
+        self.buffer = ReplayBuffer(obs_dim, act_dim, capacity)
+        self.seen: dict[str, set[int]] = {}  # session -> sequence numbers stored
+        self.transitions_total = 0  # ever stored, including those the ring buffer has dropped
+        self.lock = threading.Lock()  # buffer writes (I/O thread) vs sampling (training thread)
+        segments = sorted(self.folder.glob("segment-*.log"))
+        for segment in segments:
+            self._read_segment(segment, is_last=segment == segments[-1])
+        self._segment_index = int(segments[-1].stem.split("-")[1]) if segments else 0
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        self._file = open(self.folder / f"segment-{self._segment_index:06d}.log", "ab")
+        folder = os.open(self.folder, os.O_RDONLY)  # make the new file's name durable too
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def _read_segment(self, path: Path, is_last: bool) -> None:
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            if len(data) - offset < HEADER.size:
+                break
+            magic, length, checksum = HEADER.unpack_from(data, offset)
+            payload = data[offset + HEADER.size: offset + HEADER.size + length]
+            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != checksum:
+                break
+            try:
+                self._remember(decode(payload, {"transitions"}))
+            except ProtocolError as error:
+                raise RuntimeError(f"{path} holds a record this learner cannot use ({error}); "
+                                   "was the run made with another environment?") from None
+            offset += HEADER.size + length
+        if offset < len(data):
+            if not is_last:
+                raise RuntimeError(f"{path} is damaged at byte {offset} and is not the last segment")
+            log.warning("replay store: cutting a torn record (%d bytes) off the end of %s", len(data) - offset, path)
+            with open(path, "r+b") as file:
+                file.truncate(offset)
+                os.fsync(file.fileno())
+
+    def _remember(self, message: Message) -> int:
+        batch = message.body["batch"]
+        rows = check_transitions(batch, self.obs_dim, self.act_dim, self.max_batch_rows)
+        with self.lock:
+            self.buffer.add_batch(batch)
+        self.seen.setdefault(message.body["session"], set()).add(message.body["seq"])
+        self.transitions_total += rows
+        return rows
+
+    def contains(self, session: str, seq: int) -> bool:
+        return seq in self.seen.get(session, ())
+
+    def append(self, message: Message, frame: bytes) -> int:
+        """Store a validated transitions message (not yet durable: call sync). Returns rows added, 0 if a duplicate."""
+        if self.contains(message.body["session"], message.body["seq"]):
+            return 0
+        check_transitions(message.body["batch"], self.obs_dim, self.act_dim, self.max_batch_rows)
+        if self._file.tell() >= self.segment_bytes:
+            self.sync()
+            self._file.close()
+            self._segment_index += 1
+            self._open_segment()
+        self._file.write(HEADER.pack(MAGIC, len(frame), zlib.crc32(frame)) + frame)
+        return self._remember(message)
+
+    def sync(self) -> None:
+        """Make everything appended so far durable."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self.buffer.sample(batch_size, rng)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def close(self) -> None:
+        self.sync()
+        self._file.close()
