@@ -12,6 +12,7 @@ import click
 
 # name -> ("module:attribute" of a click command or group, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "actor-node": ("robot_sql.ros_actor:actor_node_command", "Actor on a Sawyer over ROS 2 (real arm via ros1_bridge, or sim-robot)."),
     "sim-robot": ("robot_sql.sim.ros_driver:sim_robot_command", "MuJoCo Sawyer behind the real arm's ROS 2 topics (Intera)."),
     "learner": ("robot_sql.learner:learner_command", "Learner service: durable replay, SQL updates, weight publishing, control channel."),
     "actor": ("robot_sql.actor:actor_command", "Actor service: runs the policy on an env at the control rate, streams transitions."),
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("robot_sql.train:train_command", "Train SQL on an environment in one process (2-D tasks, Sawyer envs)."),
     "eval": ("robot_sql.train:eval_command", "Evaluate an agent checkpoint; writes eval.json."),
     "panel": ("robot_sql.panel.app:panel_command", "Web panel of a run: live curves, controls, e-stop, perturbation tests."),
+    "render": ("robot_sql.sim.render:render_command", "Render a Sawyer env headless: PNG of a frame, GIF/MP4 of an episode."),
 }
 
 
