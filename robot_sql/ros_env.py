@@ -63,20 +63,43 @@ def require_messages() -> None:
 
 
 def declare_settings(node, settings_cls: type[S]) -> S:
-    """Settings from ROS parameters: every field is declared with its default (so a ROS 2
-    params file or `-p name:=value` sets it, as `ros2 launch` does), then validated as usual."""
-    from rclpy.exceptions import InvalidParameterTypeException
+    """Settings from ROS parameters. Every field is declared with its default (nested settings
+    as dotted names, e.g. `actor.learner`), so a ROS 2 params file or `-p name:=value` sets it
+    as `ros2 launch` does; the values are then validated by the settings class as usual."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
-    defaults = settings_cls()
-    for name, value in defaults.model_dump(mode="json").items():
-        if isinstance(value, list):
-            value = [float(item) for item in value]
+    defaults = _flatten(settings_cls().model_dump(mode="json"))
+    for name, value in defaults.items():
         try:
-            node.declare_parameter(name, value)
-        except InvalidParameterTypeException as error:
-            raise ConfigError(f"parameter {name}: {error} (write lists of numbers as floats, e.g. 0.0)") from error
-    values = {name: node.get_parameter(name).value for name in defaults.model_dump()}
+            if value is None:  # no type to infer: accept any
+                node.declare_parameter(name, None, ParameterDescriptor(dynamic_typing=True))
+            else:
+                node.declare_parameter(name, value)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as error:
+            raise ConfigError(f"parameter {name}: {error} (write lists of decimals as floats, e.g. 0.0)") from error
+    values: dict = {}
+    for name in defaults:
+        value = node.get_parameter(name).value
+        if value is not None:
+            *parents, leaf = name.split(".")
+            target = values
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = list(value) if isinstance(value, (list, tuple)) else value
     return load_settings(settings_cls, **values)
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and value and any(isinstance(item, float) for item in value):
+            flat[f"{prefix}{key}"] = [float(item) for item in value]
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def ros_arguments(params_file: str | None, ros_args: tuple[str, ...]) -> list[str]:

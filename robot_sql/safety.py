@@ -214,14 +214,18 @@ class GuardedRobot:
             self.estopped = False
 
     def send_position(self, position) -> None:
+        """Position mode (the robot clips to the joint limits); RuntimeError, holding, when latched or stale."""
         with self._lock:
             if self.estopped:
                 raise RuntimeError("e-stop is latched: rearm before moving")
+            if not self.state_age() <= self.safety.limits.stale_after:
+                self._hold_once()
+                raise RuntimeError("joint state is stale")
             self.holding = False
             self.robot.send_position(position)
 
     def move_to(self, target, timeout: float = 15.0, tolerance: float = 0.01) -> bool:
-        """Position-mode move (episode reset); gives up at once, holding, if the e-stop latches."""
+        """Position-mode move (episode reset); gives up, holding, if the e-stop latches or the state goes stale."""
         from robot_sql.robot import joint_target
 
         goal = joint_target(target)
