@@ -224,7 +224,7 @@ class ActorLink(threading.Thread):
             envelope, message, _ = received
             command = message.body["command"]
             if command == "status":
-                control.send(envelope, encode("reply", self.name, result=self.status()))
+                control.send(envelope, encode("reply", self.name, result=self.status(message.body["args"].get("unacked_seqs") is True)))
             elif command in CONTROL_COMMANDS:  # the loop owns the env: it runs these between steps
                 self.commands.put((command, message.body["args"], envelope))
                 self.command_waiting.set()
@@ -371,8 +371,8 @@ class Actor:
             "actor_dropped": self.link.dropped_rows, "actor_weight_version": self.policy_version,
         })
 
-    def status(self) -> dict[str, Any]:
-        """Called from the link thread: reads plain attributes only."""
+    def status(self, unacked_seqs: bool = False) -> dict[str, Any]:
+        """Called from the link thread: reads plain attributes only. `unacked_seqs` lists every unacknowledged seq."""
         periods = np.asarray(list(self.periods) or [0.0])  # list() copies the deque atomically under the GIL
         link = self.link
         return {
@@ -381,7 +381,7 @@ class Actor:
             "steps": self.steps, "episodes": self.episodes,
             "unacked_transitions": link.unacked_rows, "acked_transitions": link.acked_rows,
             "dropped_transitions": link.dropped_rows, "last_seq": link.seq,
-            "unacked_seqs": [min(link.unacked, default=0), max(link.unacked, default=0)],
+            **({"unacked_seqs": list(link.unacked)} if unacked_seqs else {}),
             "loop_period": {"mean_s": float(periods.mean()), "p99_s": float(np.quantile(periods, 0.99)),
                             "max_s": float(periods.max()), "max_since_start_s": self.period_max},
             "recent_return": float(np.mean(list(self.recent_returns))) if self.recent_returns else None,

@@ -27,6 +27,7 @@ import click
 import msgpack
 import numpy as np
 import zmq
+import zmq.auth
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024

@@ -1,0 +1,233 @@
+"""Wire protocol, durable replay store, control client and CURVE: real msgpack, real files, real sockets."""
+from __future__ import annotations
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
+
+from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, RouterEndpoint,
+                                check_transitions, decode, encode, keygen_command, secure_client, secure_server,
+                                start_authenticator)
+from robot_sql.replay_store import ReplayStore
+
+
+def transitions(rows: int, obs_dim: int = 2, act_dim: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"observations": rng.normal(size=(rows, obs_dim)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (rows, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=rows).astype(np.float32),
+            "next_observations": rng.normal(size=(rows, obs_dim)).astype(np.float32),
+            "terminals": np.zeros(rows, np.float32)}
+
+
+def transitions_frame(seq: int, rows: int = 4, session: str = "s1", **kwargs) -> bytes:
+    return encode("transitions", "actor-test", session=session, seq=seq, batch=transitions(rows, seed=seq, **kwargs))
+
+
+def test_round_trip_keeps_arrays_exact():
+    batch = transitions(5, seed=7)
+    message = decode(transitions_frame(7, 5), {"transitions"})
+    assert (message.type, message.sender, message.body["seq"]) == ("transitions", "actor-test", 7)
+    for name, array in batch.items():
+        np.testing.assert_array_equal(message.body["batch"][name], array)
+    assert check_transitions(message.body["batch"], 2, 2, max_rows=10) == 5
+
+
+def raw(**fields) -> bytes:
+    return msgpack.packb({"type": "ping", "v": PROTOCOL_VERSION, "sender": "x", "session": "s", **fields})
+
+
+def array(dtype="<f4", shape=(2,), data=None) -> dict:
+    data = np.zeros(shape, dtype).tobytes() if data is None else data
+    return {"dtype": dtype, "shape": list(shape), "data": data}
+
+
+def weights_frame(weights: dict, version=1) -> bytes:
+    return msgpack.packb({"type": "weights", "v": PROTOCOL_VERSION, "sender": "x", "version": version,
+                          "hidden_sizes": [4], "weights": weights})
+
+
+@pytest.mark.parametrize("frame, accept, kind", [
+    (b"\xc1", {"ping"}, "malformed"),  # never-used msgpack byte
+    (b"\xdb\xff\xff\xff\xffab", {"ping"}, "malformed"),  # str32 declaring 4 GiB
+    (msgpack.packb([1, 2, 3]), {"ping"}, "malformed"),
+    (raw(v=2), {"ping"}, "version"),
+    (raw(v="1"), {"ping"}, "version"),
+    (raw(type="reboot"), {"ping"}, "unknown_type"),
+    (raw(), {"transitions"}, "unexpected"),
+    (raw(extra=1), {"ping"}, "schema"),
+    (raw(session=5), {"ping"}, "schema"),
+    (weights_frame({"w": array(dtype="|O")}), {"weights"}, "dtype"),
+    (weights_frame({"w": array(dtype=">f4")}), {"weights"}, "dtype"),
+    (weights_frame({"w": {**array(), "shape": [3]}}), {"weights"}, "shape"),
+    (weights_frame({"w": {**array(), "shape": [2 ** 20, 2 ** 20]}}), {"weights"}, "oversized"),
+    (weights_frame({"w": array(data=np.array([0.0, np.nan], np.float32).tobytes())}), {"weights"}, "nonfinite"),
+    (weights_frame({"w": array(data=np.array([np.inf, 0.0], np.float32).tobytes())}), {"weights"}, "nonfinite"),
+    (weights_frame({"w": array()}, version=-1), {"weights"}, "schema"),
+    (msgpack.packb(msgpack.ExtType(5, b"x")), {"ping"}, "malformed"),
+])
+def test_bad_frames_raise_a_typed_error(frame, accept, kind):
+    with pytest.raises(ProtocolError) as error:
+        decode(frame, accept)
+    assert error.value.kind == kind
+
+
+def test_oversized_frame_and_wrong_transition_shapes_are_rejected():
+    with pytest.raises(ProtocolError, match="oversized"):
+        decode(b"\x00" * 2048, {"ping"}, max_bytes=1024)
+    batch = decode(transitions_frame(1, obs_dim=3), {"transitions"}).body["batch"]
+    with pytest.raises(ProtocolError) as error:
+        check_transitions(batch, obs_dim=2, act_dim=2, max_rows=100)
+    assert error.value.kind == "shape"
+    with pytest.raises(ProtocolError) as error:
+        check_transitions(decode(transitions_frame(1, rows=50), {"transitions"}).body["batch"], 2, 2, max_rows=10)
+    assert error.value.kind == "oversized"
+
+
+plain = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(payload=st.binary(max_size=200) | plain.map(msgpack.packb),
+       fields=st.dictionaries(st.sampled_from(["type", "v", "sender", "session", "seq", "batch", "seqs"]), plain))
+def test_any_input_gives_a_message_or_a_protocol_error(payload, fields):
+    for frame in (payload, msgpack.packb(fields)):
+        try:
+            decode(frame, {"transitions", "ping", "ack", "weights", "request"})
+        except ProtocolError:
+            pass
+
+
+# ---- replay store ------------------------------------------------------------------------------
+def test_store_survives_reopen_ignores_duplicates_and_cuts_a_torn_tail(tmp_path):
+    store = ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100)
+    for seq in (1, 2, 3):
+        frame = transitions_frame(seq)
+        assert store.append(decode(frame, {"transitions"}), frame) == 4
+    frame = transitions_frame(2)
+    assert store.append(decode(frame, {"transitions"}), frame) == 0  # a resend
+    store.sync()
+    store.close()
+    segment = next(tmp_path.glob("segment-*.log"))
+    with open(segment, "ab") as file:  # a crash in the middle of writing a fourth record
+        file.write(b"RSQ1\x40\x00\x00\x00garbage")
+    reopened = ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100)
+    assert len(reopened) == 12 and reopened.seen == {"s1": {1, 2, 3}}
+    np.testing.assert_array_equal(reopened.buffer.contents()["observations"][:4], transitions(4, seed=1)["observations"])
+    frame = transitions_frame(4)
+    reopened.append(decode(frame, {"transitions"}), frame)
+    reopened.close()
+    assert ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100).seen == {"s1": {1, 2, 3, 4}}
+
+
+def test_store_rolls_segments_and_refuses_another_environments_log(tmp_path):
+    store = ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=1000, segment_bytes=500)
+    for seq in range(1, 11):
+        frame = transitions_frame(seq)
+        store.append(decode(frame, {"transitions"}), frame)
+    store.close()
+    assert len(list(tmp_path.glob("segment-*.log"))) > 2
+    assert ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=1000).transitions_total == 40
+    with pytest.raises(RuntimeError, match="another environment"):
+        ReplayStore(tmp_path, obs_dim=5, act_dim=2, capacity=1000)
+
+
+# ---- control channel ---------------------------------------------------------------------------
+def serve_requests(endpoint: RouterEndpoint, stop: threading.Event, delay_s: float = 0.0) -> None:
+    while not stop.is_set():
+        if endpoint.socket.poll(10):
+            received = endpoint.receive()
+            if received is not None:
+                time.sleep(delay_s)
+                envelope, message, _ = received
+                endpoint.send(envelope, encode("reply", "server", result={"echo": message.body["command"]}))
+
+
+def test_control_client_times_out_without_a_server_then_recovers_with_a_fresh_socket():
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.ROUTER)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    client = ControlClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(ControlError) as error:  # bound but nobody answers
+        client.call("status")
+    assert error.value.kind == "timeout" and time.monotonic() - started < 1.0
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_requests, args=(RouterEndpoint(socket, "control", "server", {"request"}), stop))
+    thread.start()
+    try:
+        assert client.call("status") == {"echo": "status"}
+        assert client.call("pause") == {"echo": "pause"}
+    finally:
+        stop.set()
+        thread.join()
+        socket.close(linger=0)
+        client.close()
+    with pytest.raises(ControlError):  # nobody there at all: still returns in time
+        ControlClient("tcp://127.0.0.1:9", timeout_s=0.2).call("status")
+
+
+def test_router_endpoint_answers_bad_frames_with_errors_and_counts_them():
+    context = zmq.Context.instance()
+    server, peer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    endpoint = RouterEndpoint(server, "control", "server", {"request"})
+    try:
+        sent = [b"junk", raw(), [b"a", b"b", b"c"], encode("request", "peer", command="status", args={})]
+        for frames in sent:
+            peer.send_multipart(frames if isinstance(frames, list) else [frames])
+        received = []
+        while endpoint.counter.received < len(sent):
+            server.poll(1000)
+            received.append(endpoint.receive())
+        assert [r is None for r in received] == [True, True, True, False]
+        assert endpoint.counter.accepted == 1
+        assert {k: n for k, n in endpoint.counter.rejected.items() if n} == {"malformed": 1, "unexpected": 1, "framing": 1}
+        replies = [decode(peer.recv(), {"error"}).body["kind"] for _ in range(3) if peer.poll(1000)]
+        assert replies == ["malformed", "unexpected", "framing"]
+    finally:
+        server.close(linger=0)
+        peer.close(linger=0)
+
+
+# ---- CURVE ---------------------------------------------------------------------------------------
+def test_keygen_and_curve_let_only_key_holders_in(tmp_path):
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    runner = CliRunner()
+    for name in ("learner", "actor", "intruder"):
+        assert runner.invoke(keygen_command, ["--out", str(tmp_path / name), "--name", name]).exit_code == 0
+    assert runner.invoke(keygen_command, ["--out", str(tmp_path / "actor"), "--name", "actor"]).exit_code != 0  # no overwrite
+    context = zmq.Context()
+    authenticator = start_authenticator(context, tmp_path / "actor")  # the actor's public key is allowed
+    server = context.socket(zmq.ROUTER)
+    secure_server(server, tmp_path / "learner" / "learner.key_secret")
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_requests, args=(RouterEndpoint(server, "control", "server", {"request"}), stop))
+    thread.start()
+    address, server_key = f"tcp://127.0.0.1:{port}", tmp_path / "learner" / "learner.key"
+    try:
+        assert ControlClient(address, 2.0, secret_key_file=tmp_path / "actor" / "actor.key_secret",
+                             server_key_file=server_key).call("status") == {"echo": "status"}
+        with pytest.raises(ControlError):  # a key pair the learner does not know
+            ControlClient(address, 0.5, secret_key_file=tmp_path / "intruder" / "intruder.key_secret",
+                          server_key_file=server_key).call("status")
+        with pytest.raises(ControlError):  # plain text to a CURVE server
+            ControlClient(address, 0.5).call("status")
+        with pytest.raises(ValueError, match="both"):
+            secure_client(context.socket(zmq.REQ), tmp_path / "actor" / "actor.key_secret", None)
+    finally:
+        stop.set()
+        thread.join()
+        authenticator.stop()
+        context.destroy(linger=0)
