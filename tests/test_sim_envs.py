@@ -1,0 +1,76 @@
+"""The Sawyer gymnasium envs: registration, the env checker, determinism, and rendering."""
+import gymnasium
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from gymnasium.utils.env_checker import check_env
+from PIL import Image
+
+import robot_sql  # noqa: F401  (registers the envs)
+from robot_sql import sawyer
+from robot_sql.cli import main
+from robot_sql.envs import ENVIRONMENTS
+
+SAWYER_ENVS = ["SawyerReach-v0", "SawyerLegoStack-v0", "SawyerPretrain-v0"]
+
+
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value is")  # unbounded on purpose
+@pytest.mark.parametrize("env_id", SAWYER_ENVS)
+def test_env_passes_gymnasiums_checker(env_id):
+    assert env_id in ENVIRONMENTS
+    env = gymnasium.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", SAWYER_ENVS)
+def test_same_seed_same_episode(env_id):
+    def rollout():
+        env = gymnasium.make(env_id)
+        observation, _ = env.reset(seed=3)
+        env.action_space.seed(3)
+        observations = [observation]
+        for _ in range(10):
+            observations.append(env.step(env.action_space.sample())[0])
+        return np.array(observations)
+
+    first, second = rollout(), rollout()
+    np.testing.assert_array_equal(first, second)
+    assert first.dtype == np.float32 and first.shape == (11, 23)
+
+
+def test_actions_are_scaled_velocity_commands_and_episodes_end_on_time():
+    env = gymnasium.make("SawyerReach-v0", control_hz=10.0, velocity_fraction=0.5, episode_seconds=1.0).unwrapped
+    env.reset(seed=0)
+    action = np.array([0, 0, 0, 0, 0, 0, -1.0], dtype=np.float32)  # right_j6 has room below neutral
+    results = [env.step(action) for _ in range(10)]
+    # observation[7:14] is the joint velocity over its limit: right_j6 at half its limit
+    assert results[-1][0][13] == pytest.approx(-0.5, abs=0.01)
+    assert env.robot.time == pytest.approx(1.0)
+    assert [r[3] for r in results] == [False] * 9 + [True]
+    with pytest.raises(ValueError, match="control_hz"):
+        gymnasium.make("SawyerReach-v0", control_hz=4.0)
+
+
+def test_pretraining_rewards_end_effector_speed():
+    env = gymnasium.make("SawyerPretrain-v0").unwrapped
+    env.reset(seed=0)
+    still = env.step(np.zeros(7, dtype=np.float32))[1]
+    fast = [env.step(np.array([1, 0, 0, 0, 0, 0, 0], dtype=np.float32))[1] for _ in range(10)][-1]
+    # right_j0 at 0.3 * 1.74 rad/s swings the hand (about 0.48 m from the axis) at about 0.25 m/s
+    assert still < 0.01
+    assert fast == pytest.approx(0.3 * sawyer.VELOCITY_LIMITS[0] * 0.48, rel=0.2)
+
+
+def test_render_command_writes_a_png_and_a_gif(tmp_path):
+    result = CliRunner().invoke(main, ["render", "--env", "SawyerReach-v0", "--out", str(tmp_path), "--seconds", "0.5",
+                                       "--width", "96", "--height", "64"])
+    assert result.exit_code == 0, result.output
+    png, gif = tmp_path / "sawyerreach_seed0.png", tmp_path / "sawyerreach_seed0.gif"
+    with Image.open(png) as image:
+        assert image.size == (96, 64)
+        assert len(image.convert("RGB").getcolors(maxcolors=96 * 64)) > 10  # a picture, not a blank frame
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 11  # reset frame + 0.5 s at 20 Hz
+    bad = CliRunner().invoke(main, ["render", "--env", "Nope-v0"])
+    assert bad.exit_code == 2 and "Nope-v0" in bad.output
