@@ -3,6 +3,8 @@ import os
 import pytest
 
 REQUIRE_ALL = os.environ.get("ROBOT_SQL_REQUIRE_ALL") == "1"
+# headless rendering; set before any test module imports mujoco (which reads it on import)
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def require(condition: bool, reason: str) -> None:
@@ -13,7 +15,3 @@ def require(condition: bool, reason: str) -> None:
         pytest.fail(f"ROBOT_SQL_REQUIRE_ALL=1 but {reason}")
     pytest.skip(reason)
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _headless_rendering():
-    os.environ.setdefault("MUJOCO_GL", "egl")
