@@ -1,14 +1,13 @@
 """Perturbation trials on the real MuJoCo Sawyer with a scripted policy: the numbers are measurements."""
 import gymnasium
-import mujoco
 import numpy as np
 import pytest
 
 import robot_sql  # noqa: F401  (registers the envs)
-from robot_sql import sawyer
 from robot_sql.panel.app import list_reports
 from robot_sql.perturbation import PerturbationAborted, PerturbationSpec, run_trials, save_report
 from robot_sql.rundir import RunDir
+from robot_sql.sim.scripted import DLSController
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +18,9 @@ def env():
 
 
 def reaching_policy(env):
-    """Resolved-rate control: joint velocities from the hand's pose error through the Jacobian (damped least squares)."""
-    robot = env.unwrapped.robot
-    hand = robot.model.site(sawyer.END_EFFECTOR_FRAME).id
-    joints = [robot.model.joint(name).dofadr[0] for name in sawyer.JOINT_NAMES]
-
-    def policy(observation):
-        position_jacobian, rotation_jacobian = np.zeros((3, robot.model.nv)), np.zeros((3, robot.model.nv))
-        mujoco.mj_jacSite(robot.model, robot.data, position_jacobian, rotation_jacobian, hand)
-        jacobian = np.vstack([position_jacobian, rotation_jacobian])[:, joints]
-        error = 4.0 * observation[17:23]  # position error to the target, then rotation vector
-        velocity = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + 1e-3 * np.eye(6), error)
-        return np.clip(velocity / (env.unwrapped.velocity_fraction * sawyer.VELOCITY_LIMITS), -1, 1)
-
-    return policy
+    """The sim's scripted resolved-rate controller, as a policy: observation -> action."""
+    controller = DLSController(env.unwrapped.robot)
+    return lambda observation: controller.action(env.unwrapped.target, env.unwrapped.velocity_fraction)
 
 
 def still_policy(observation):

@@ -51,14 +51,15 @@ COOKIE = "robot_sql_panel"
 # a perturbation test runs whole evaluation episodes on the actor; give it time
 PERTURBATION_TIMEOUT_S = 600.0
 
-# the live curves: metric name in the MetricsStore -> title on the page
-CURVES: dict[str, str] = {
-    "episode_return": "Episode return",
-    "success_rate": "Success rate",
-    "q_loss": "Q loss",
-    "updates_per_s": "Update rate (updates/s)",
-    "control_rate_hz": "Actor control rate (Hz)",
-    "weight_version": "Weight version",
+# the live curves: metric name in the MetricsStore (as the learner and the actors log them)
+# -> title on the page and the number of points it is averaged over (episode successes are 0/1)
+CURVES: dict[str, tuple[str, int]] = {
+    "episode_return": ("Episode return", 1),
+    "episode_success": ("Success rate (last 20 episodes)", 20),
+    "q_loss": ("Q loss", 1),
+    "update_rate": ("Update rate (updates/s)", 1),
+    "actor_steps_per_s": ("Actor control rate (steps/s)", 1),
+    "weight_version": ("Weight version", 1),
 }
 
 

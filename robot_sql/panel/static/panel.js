@@ -42,43 +42,56 @@ function button(selector, path, body, done) {
 
 // ---- status: processes, arm, e-stop state ---------------------------------------------------
 
-function rejectedCount(status) {
-  const rejected = status && status.rejected;
-  if (rejected === undefined || rejected === null) return "–";
-  if (typeof rejected === "number") return rejected;
-  return Object.values(rejected).reduce((sum, value) => sum + (typeof value === "number" ? value : 0), 0);
+// rejected messages: the learner counts per socket and kind, the actor per kind of bad reply
+function countAll(value) {
+  if (typeof value === "number") return value;
+  if (value && typeof value === "object") return Object.values(value).reduce((sum, item) => sum + countAll(item), 0);
+  return 0;
 }
 
 function processState(status) {
   if (!status) return "–";
-  if (status.estopped) return "E-STOPPED";
-  return status.state || "–";
+  if (status.estopped) return status.holding ? "E-STOPPED, holding" : "E-STOPPED";
+  if (status.holding) return "holding";
+  return status.state || "running";
 }
 
-function scalarDetail(status) {
+const DETAIL = {
+  learner: ["updates", "weight_version", "replay_size", "update_rate", "device"],
+  actor: ["weight_version", "steps", "episodes", "unacked_transitions", "dropped_transitions"],
+};
+
+function detail(kind, status, learnerSeen) {
   if (!status) return "";
-  const skip = new Set(["state", "estopped", "rejected", "joint_positions", "ok"]);
-  return Object.entries(status)
-    .filter(([key, value]) => !skip.has(key) && (typeof value === "number" || typeof value === "string"))
-    .slice(0, 6)
-    .map(([key, value]) => `${key}=${typeof value === "number" ? formatNumber(value) : value}`)
-    .join("  ");
+  const parts = DETAIL[kind]
+    .filter((key) => status[key] !== undefined && status[key] !== null)
+    .map((key) => `${key}=${typeof status[key] === "number" ? formatNumber(status[key]) : status[key]}`);
+  if (kind === "actor") {
+    parts.unshift(`learner link: ${status.connected ? "up" : "DOWN"}`);
+    const seen = learnerSeen[status.name];
+    if (seen !== undefined) parts.push(`learner heard it ${formatNumber(seen)} s ago`);
+  }
+  return parts.join("  ");
 }
 
 function renderHealth(status) {
-  const rows = [];
-  if (status.learner) rows.push(status.learner);
-  rows.push(...status.actors);
-  $("#health tbody").innerHTML = "";
-  for (const link of rows) {
+  // the learner's view of each actor: seconds since it last heard from it, by sender id
+  const learnerSeen = {};
+  const learnerActors = (status.learner && status.learner.status && status.learner.status.actors) || {};
+  for (const info of Object.values(learnerActors)) learnerSeen[info.sender] = info.seconds_since_seen;
+  const rows = (status.learner ? [["learner", status.learner]] : []).concat(status.actors.map((link) => ["actor", link]));
+  const body = $("#health tbody");
+  body.innerHTML = "";
+  for (const [kind, link] of rows) {
     const row = document.createElement("tr");
+    const rejected = link.status ? countAll(kind === "learner" ? link.status.rejected : link.status.learner_errors) : "–";
     const cells = [
       `${link.name} (${link.address})`,
       link.connected ? "yes" : "no",
       link.reply_age_s === null ? "never" : `${link.reply_age_s.toFixed(1)} s`,
       processState(link.status),
-      rejectedCount(link.status),
-      link.error || scalarDetail(link.status),
+      rejected,
+      link.error || detail(kind, link.status, learnerSeen),
     ];
     cells.forEach((text, i) => {
       const cell = document.createElement("td");
@@ -86,7 +99,7 @@ function renderHealth(status) {
       if (i === 1) cell.className = link.connected ? "yes" : "no";
       row.appendChild(cell);
     });
-    $("#health tbody").appendChild(row);
+    body.appendChild(row);
   }
   renderArm(status.actors);
 }
@@ -217,11 +230,11 @@ async function main() {
   }
   overview = await response.json();
   $("#run-dir").textContent = overview.run_dir;
-  for (const [name, title] of Object.entries(overview.curves)) {
+  for (const [name, [title, window]] of Object.entries(overview.curves)) {
     const canvas = document.createElement("canvas");
     canvas.dataset.curve = name;
     $("#plots").appendChild(canvas);
-    plots[name] = new LinePlot(canvas, title);
+    plots[name] = new LinePlot(canvas, title, window);
     plots[name].draw();
   }
   for (const link of overview.links) $("#perturb-form [name=link]").add(new Option(link, link, link === "right_l6", link === "right_l6"));

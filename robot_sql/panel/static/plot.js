@@ -23,10 +23,18 @@ function formatNumber(v) {
   return v.toPrecision(2);
 }
 
+function formatClock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// x is wall-clock time (every process logs against it); `window` > 1 plots the running mean
+// of the last `window` values (e.g. 0/1 episode successes -> success rate)
 class LinePlot {
-  constructor(canvas, title) {
+  constructor(canvas, title, window = 1) {
     this.canvas = canvas;
     this.title = title;
+    this.window = window;
+    this.raw = [];
     this.xs = [];
     this.ys = [];
   }
@@ -37,9 +45,11 @@ class LinePlot {
 
   // points: [[time, step, value], ...] in time order
   extend(points) {
-    for (const [, step, value] of points) {
-      this.xs.push(step);
-      this.ys.push(value);
+    for (const [time, , value] of points) {
+      this.raw.push(value);
+      if (this.raw.length > this.window) this.raw.shift();
+      this.xs.push(time);
+      this.ys.push(this.raw.reduce((sum, v) => sum + v, 0) / this.raw.length);
     }
     if (this.xs.length > PLOT_MAX_POINTS) {
       this.xs.splice(0, this.xs.length - PLOT_MAX_POINTS);
@@ -80,7 +90,9 @@ class LinePlot {
       g.fillText(formatNumber(tick), 4, py(tick) + 4);
     }
     for (const tick of niceTicks(xLow, xHigh, 4)) {
-      g.fillText(formatNumber(tick), px(tick) - 10, bottom + 15);
+      const label = formatClock(tick);
+      const x = Math.min(Math.max(px(tick) - g.measureText(label).width / 2, 0), width - g.measureText(label).width);
+      g.fillText(label, x, bottom + 15);
     }
     g.strokeStyle = "#1f6feb";
     g.lineWidth = 1.5;

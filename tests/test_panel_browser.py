@@ -1,0 +1,103 @@
+"""The panel in headless Chromium: start training on the simulated arm, watch a curve grow, run a
+perturbation test, press e-stop and see the arm hold. Leaves test-artifacts/panel.png."""
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from robot_sql.rundir import RunDir
+from tests.conftest import require
+from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TOKEN = "browser-test-token"
+SMALL_SQL = {"hidden_sizes": [32, 32], "batch_size": 32, "kernel_particles": 8, "value_particles": 8}
+
+
+@pytest.fixture
+def simulated_run(tmp_path):
+    """A panel and one unpaced actor on SawyerReach-v0; the learner is left for the panel's Start to launch."""
+    run = RunDir.create(tmp_path / "run")
+    learner_port, actor_control, panel_port = free_port_block(3), free_port(), free_port()
+    (tmp_path / "learner.yaml").write_text(yaml.safe_dump({
+        "env": "SawyerReach-v0", "sql": SMALL_SQL, "min_replay": 200, "publish_every": 10, "log_every_s": 0.3,
+        "checkpoint_every_s": 600}))
+    (tmp_path / "actor.yaml").write_text(yaml.safe_dump({
+        "env": "SawyerReach-v0", "learner": f"127.0.0.1:{learner_port}", "paced": False,
+        "stats_every_s": 0.3, "control_bind": f"tcp://127.0.0.1:{actor_control}"}))
+    panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
+                   "--learner-control", f"tcp://127.0.0.1:{learner_port + 2}",
+                   "--actor-control", f"tcp://127.0.0.1:{actor_control}",
+                   "--learner-config", str(tmp_path / "learner.yaml")], tmp_path / "panel.out",
+                  env={"ROBOT_SQL_PANEL_TOKEN": TOKEN, "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.3"})
+    actor = start([ROBOT_SQL, "actor", "--config", str(tmp_path / "actor.yaml"), "--name", "sim-arm"],
+                  tmp_path / "actor.out")
+    api = httpx.Client(base_url=f"http://127.0.0.1:{panel_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    launched = []
+    try:
+        wait_healthy(str(api.base_url).rstrip("/"), panel, tmp_path / "panel.out")
+        yield {"api": api, "launched": launched, "actor": actor, "actor_log": tmp_path / "actor.out"}
+    finally:
+        pid = api.get("/api/status").json()["launched_learner_pid"] if panel.poll() is None else None
+        stop(actor)
+        stop(panel)
+        for learner in {pid, *launched} - {None}:
+            kill_pid(learner)
+
+
+def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
+    require(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    api = simulated_run["api"]
+
+    def actor_status() -> dict:
+        if simulated_run["actor"].poll() is not None:
+            raise AssertionError(f"the actor exited:\n{simulated_run['actor_log'].read_text()[-3000:]}")
+        return api.get("/api/status").json()["actors"][0]
+
+    wait_for(lambda: actor_status()["connected"], 60, "the actor's control channel")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1250})
+            outside = []
+            page.on("request", lambda request: outside.append(request.url)
+                    if not request.url.startswith(str(api.base_url).rstrip("/")) else None)
+            page.goto(f"{api.base_url}?token={TOKEN}")
+            expect(page.locator("#stream-state")).to_have_text("live", timeout=15_000)
+
+            page.click("button[data-training=start]")
+            expect(page.locator("#message")).to_contain_text("/api/training/start: ok", timeout=15_000)
+            simulated_run["launched"].append(api.get("/api/status").json()["launched_learner_pid"])
+            page.wait_for_function("plots.q_loss.length >= 3 && plots.episode_return.length >= 1", timeout=90_000)
+            points = page.evaluate("plots.q_loss.length")
+            page.wait_for_function(f"plots.q_loss.length > {points}", timeout=30_000)  # still growing, no reload
+
+            page.select_option("#perturb-form [name=kind]", "wrench")
+            page.fill("#perturb-form [name=magnitude]", "30")
+            page.fill("#perturb-form [name=trials]", "3")
+            page.click("#perturb-form button[type=submit]")
+            report_row = page.locator("#reports tbody tr").first
+            expect(report_row).to_contain_text("wrench", timeout=60_000)
+            expect(report_row.locator("td").nth(3)).to_have_text("3")
+            report_row.click()
+            expect(page.locator("#report-detail")).to_contain_text("max_deviation_m")
+
+            page.click("#estop")
+            expect(page.locator("#arm-state")).to_contain_text("E-STOPPED", timeout=10_000)
+            held = actor_status()["status"]
+            assert held["estopped"] and held["holding"]
+            page.wait_for_timeout(1000)
+            assert actor_status()["status"]["steps"] == held["steps"]  # no control steps while held
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "panel.png"), full_page=True)
+
+            page.click("#rearm")
+            expect(page.locator("#arm-state")).to_contain_text("running", timeout=10_000)
+            assert outside == [], f"the page fetched from outside: {outside}"
+        finally:
+            browser.close()
