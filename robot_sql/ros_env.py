@@ -3,11 +3,12 @@
 On the robot (ROS 2 Humble image) the user sources /opt/ros/humble and ros_ws/install/setup.bash
 and everything imports. On a development machine rclpy comes from the pip wheels in the venv
 and ros_ws/install is built by scripts/build_ros_ws.sh; `workspace_env()` gives the variables a
-process needs to load the built messages, and `require_messages()` re-executes the current
-command with them so that `robot-sql sim-robot` works without sourcing anything.
+process needs to load the built messages, and `use_workspace()` loads them into the running
+process, so that `robot-sql sim-robot` works without sourcing anything.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from robot_sql.config import ConfigError, S, load_settings
 
 WORKSPACE = Path(os.environ.get("ROBOT_SQL_ROS_WS", Path(__file__).resolve().parent.parent / "ros_ws"))
 INSTALL = WORKSPACE / "install"
-_REEXEC_MARK = "ROBOT_SQL_ROS_ENV_APPLIED"
 
 
 def workspace_built() -> bool:
@@ -42,6 +42,32 @@ def workspace_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def use_workspace() -> None:
+    """Make ros_ws/install's packages importable in this running process.
+
+    The message packages' Python extensions link against libraries in install/*/lib, which
+    the dynamic loader only looks for in LD_LIBRARY_PATH as it was at start-up; loading those
+    libraries first (by path) satisfies the links, and rosidl's own run-time lookups read the
+    variable when they run, so setting it now is enough for them."""
+    env = workspace_env()
+    os.environ["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
+    os.environ["AMENT_PREFIX_PATH"] = env["AMENT_PREFIX_PATH"]
+    for path in reversed(env["PYTHONPATH"].split(os.pathsep)):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+    pending = sorted(INSTALL.glob("*/lib/*.so"))
+    while pending:  # libraries of one package need each other: load until nothing more loads
+        failed = []
+        for library in pending:
+            try:
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                failed.append(library)
+        if len(failed) == len(pending):
+            raise OSError(f"cannot load {', '.join(str(library) for library in failed)}")
+        pending = failed
+
+
 def require_messages() -> None:
     """Make `import intera_core_msgs` work in this process, or exit with a clear message."""
     try:
@@ -50,12 +76,15 @@ def require_messages() -> None:
         return
     except ImportError as error:
         problem = error
-    if workspace_built() and os.environ.get(_REEXEC_MARK) != "1":
-        # the dynamic loader reads LD_LIBRARY_PATH only at start-up: start again with it set
-        env = workspace_env()
-        env[_REEXEC_MARK] = "1"
-        argv = [sys.executable, "-c", "from robot_sql.cli import main; main(prog_name='robot-sql')", *sys.argv[1:]]
-        os.execve(sys.executable, argv, env)
+    if workspace_built():
+        use_workspace()
+        try:
+            import intera_core_msgs.msg  # noqa: F401,F811
+            import robot_sql_msgs.srv  # noqa: F401
+            import rclpy  # noqa: F401,F811
+            return
+        except ImportError as error:
+            problem = error
     raise click.ClickException(
         f"the ROS 2 messages cannot be imported ({problem}). Build the workspace with "
         f"scripts/build_ros_ws.sh, or source /opt/ros/<distro>/setup.bash and {INSTALL}/setup.bash"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 
@@ -53,7 +54,7 @@ class RosSawyer:
         self.stale_after = stale_after
         self.state_period = 1.0 / joint_state_rate_hz
         self.JointCommand = JointCommand
-        self.rejected = collections.Counter()  # topic -> messages dropped
+        self.rejected = collections.Counter()  # "topic: why" -> messages dropped
         self.latencies: collections.deque = collections.deque(maxlen=20000)  # state receipt -> command published (s)
         self._changed = threading.Condition()
         self._q = self._dq = None
@@ -68,26 +69,25 @@ class RosSawyer:
         node.create_subscription(PoseStamped, topics["target_pose"], self._on_target, 10)
 
     # ---- incoming (executor thread) ------------------------------------------------------
-    def _reject(self, topic: str, why: str) -> None:
-        self.rejected[topic] += 1
-        if self.rejected[topic] in (1, 10, 100, 1000):
-            log.warning("dropped %s message #%d: %s", topic, self.rejected[topic], why)
+    def _reject(self, topic: str, why: str, detail: str = "") -> None:
+        """Count a dropped message; log the 1st, 10th, 100th ... of each kind."""
+        self.rejected[f"{topic}: {why}"] += 1
+        count = self.rejected[f"{topic}: {why}"]
+        if math.log10(count).is_integer():
+            log.warning("dropped %s message #%d: %s%s", topic, count, why, f" ({detail})" if detail else "")
 
     def _on_joint_state(self, message) -> None:
         now = time.monotonic()
         names = list(message.name)
-        try:
-            if any(names.count(name) != 1 for name in sawyer.JOINT_NAMES):
-                raise ValueError(f"needs each of {list(sawyer.JOINT_NAMES)} exactly once, got {names}")
-            if len(message.position) != len(names) or len(message.velocity) not in (0, len(names)):
-                raise ValueError("position/velocity lengths do not match the names")
-            index = [names.index(name) for name in sawyer.JOINT_NAMES]
-            q = finite_joint_vector(np.asarray(message.position)[index], "joint positions")
-            dq = finite_joint_vector(np.asarray(message.velocity)[index], "joint velocities") \
-                if len(message.velocity) else np.zeros(len(index))
-        except ValueError as error:
-            self._reject("joint_states", str(error))
-            return
+        if any(names.count(name) != 1 for name in sawyer.JOINT_NAMES):
+            return self._reject("joint_states", "wrong joint names", f"needs each of right_j0..right_j6 once, got {names}")
+        if len(message.position) != len(names) or len(message.velocity) not in (0, len(names)):
+            return self._reject("joint_states", "lengths do not match the names")
+        index = [names.index(name) for name in sawyer.JOINT_NAMES]
+        q = np.asarray(message.position, dtype=np.float64)[index]
+        dq = np.asarray(message.velocity, dtype=np.float64)[index] if len(message.velocity) else np.zeros(len(index))
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq))):
+            return self._reject("joint_states", "NaN or inf")
         with self._changed:
             self._q, self._dq, self._joints_at = q, dq, now
             self._changed.notify_all()
@@ -97,8 +97,7 @@ class RosSawyer:
         position = np.array([pose.position.x, pose.position.y, pose.position.z])
         quat = np.array([pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z])
         if not message.valid or not np.all(np.isfinite(position)) or not abs(np.linalg.norm(quat) - 1.0) < 1e-3:
-            self._reject("endpoint_state", "invalid, non-finite or not a unit quaternion")
-            return
+            return self._reject("endpoint_state", "invalid, non-finite or not a unit quaternion")
         with self._changed:
             self._endpoint, self._endpoint_at = (position, quat), time.monotonic()
 
@@ -108,11 +107,11 @@ class RosSawyer:
         quat = np.array([pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z])
         norm = np.linalg.norm(quat)
         if message.header.frame_id not in ("", sawyer.BASE_FRAME):
-            self._reject("target_pose", f"frame {message.header.frame_id!r} is not {sawyer.BASE_FRAME!r}")
+            self._reject("target_pose", f"frame is not {sawyer.BASE_FRAME!r}", repr(message.header.frame_id))
         elif not (np.all(np.isfinite(position)) and np.isfinite(norm) and abs(norm - 1.0) < 0.01):
             self._reject("target_pose", "non-finite position or not a unit quaternion")
         elif np.any(position < self.workspace_low) or np.any(position > self.workspace_high):
-            self._reject("target_pose", f"position {position.round(3).tolist()} is outside the workspace box")
+            self._reject("target_pose", "outside the workspace box", str(position.round(3).tolist()))
         else:
             with self._changed:
                 self._target = (position, quat / norm)
