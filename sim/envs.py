@@ -58,6 +58,7 @@ class SawyerPoseEnv(gymnasium.Env):
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBSERVATION_SIZE,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_SIZE,), np.float32)
         self.target: Pose = self.robot.ee_pose()
+        self._hand: Pose = self.target  # right_hand after the last reset or step
         self.success = SuccessTimer(self.task.hold_time)
         self._steps = 0
         self._renderer: mujoco.Renderer | None = None
@@ -77,16 +78,17 @@ class SawyerPoseEnv(gymnasium.Env):
         self._show_target()
         self.success.reset()
         self._steps = 0
+        self._hand = self.robot.ee_pose()
         return self._observation(), self._info(False)
 
     def step(self, action):
-        previous_hand = self.robot.ee_pose()
+        previous_hand = self._hand
         self.robot.send_velocity(action_to_velocity(action, self.velocity_fraction))
         self.robot.advance(1.0 / self.control_hz)
         self._steps += 1
-        hand = self.robot.ee_pose()
-        reward = self._reward(hand, previous_hand)
-        succeeded = self.success.update(self.task.within_tolerance(hand, self.target), 1.0 / self.control_hz)
+        self._hand = self.robot.ee_pose()
+        reward = self._reward(self._hand, previous_hand)
+        succeeded = self.success.update(self.task.within_tolerance(self._hand, self.target), 1.0 / self.control_hz)
         truncated = self._steps >= self.max_steps and not succeeded
         return self._observation(), reward, succeeded, truncated, self._info(succeeded)
 
@@ -105,10 +107,10 @@ class SawyerPoseEnv(gymnasium.Env):
 
     # ---- helpers -----------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
-        return observation(self.robot.joint_positions(), self.robot.joint_velocities(), self.robot.ee_pose(), self.target)
+        return observation(self.robot.joint_positions(), self.robot.joint_velocities(), self._hand, self.target)
 
     def _info(self, succeeded: bool) -> dict:
-        position_error, orientation_error = self.task.errors(self.robot.ee_pose(), self.target)
+        position_error, orientation_error = self.task.errors(self._hand, self.target)
         return {"position_error": position_error, "orientation_error": orientation_error, "is_success": succeeded}
 
     def _reset_arm_near_neutral(self) -> None:

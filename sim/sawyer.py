@@ -51,12 +51,14 @@ class MujocoSawyer:
         self.speed_ratio = speed_ratio
         self.command_timeout = command_timeout
         self.timestep = float(self.model.opt.timestep)
-        self._qpos = np.array([self.model.joint(n).qposadr[0] for n in self.joint_names])
-        self._qvel = np.array([self.model.joint(n).dofadr[0] for n in self.joint_names])
-        self._ctrl = np.array([self.model.actuator(n).id for n in self.joint_names])
+        # sawyer.xml declares the arm's seven joints and servos first: plain slices are fast
+        self._arm = slice(0, len(self.joint_names))
+        for index, name in enumerate(self.joint_names):
+            if (self.model.joint(name).qposadr[0], self.model.joint(name).dofadr[0], self.model.actuator(name).id) != (index,) * 3:
+                raise ValueError(f"{name} must be joint, dof and actuator {index} of the model")
         self._hand = self.model.site(sawyer.END_EFFECTOR_FRAME).id
         self._links = {name: self.model.body(name).id for name in sawyer.LINK_NAMES}
-        self._damping = self.model.dof_damping[self._qvel].copy()
+        self._damping = self.model.dof_damping[self._arm].copy()
         self._mass_matrix = np.zeros((self.model.nv, self.model.nv))
         self._mode = "hold"
         self._command_deadline = np.inf
@@ -71,10 +73,10 @@ class MujocoSawyer:
         return float(self.data.time)
 
     def joint_positions(self) -> np.ndarray:
-        return self.data.qpos[self._qpos].copy()
+        return self.data.qpos[self._arm].copy()
 
     def joint_velocities(self) -> np.ndarray:
-        return self.data.qvel[self._qvel].copy()
+        return self.data.qvel[self._arm].copy()
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
         quat = np.empty(4)
@@ -90,7 +92,7 @@ class MujocoSawyer:
             raise
         if self._mode != "velocity":
             self._set_servo("velocity")
-            self.data.ctrl[self._ctrl] = self.joint_velocities()
+            self.data.ctrl[self._arm] = self.joint_velocities()
         self._velocity_command = velocity
         self._command_deadline = self.time + self.command_timeout
 
@@ -102,11 +104,11 @@ class MujocoSawyer:
             raise
         if self._mode != "position":
             self._set_servo("position")
-            self.data.ctrl[self._ctrl] = self.joint_positions()
+            self.data.ctrl[self._arm] = self.joint_positions()
 
     def hold(self) -> None:
         self._set_servo("hold")
-        self.data.ctrl[self._ctrl] = self.joint_positions()
+        self.data.ctrl[self._arm] = self.joint_positions()
 
     def _set_servo(self, mode: str) -> None:
         """Switch the joint servos: force = gain * ctrl + bias_q * q + bias_v * qdot."""
@@ -114,10 +116,10 @@ class MujocoSawyer:
             gain, stiffness, damping = VELOCITY_GAIN + self._damping, 0.0, VELOCITY_GAIN
         else:  # ctrl = joint-angle reference
             gain, stiffness, damping = HOLD_STIFFNESS, HOLD_STIFFNESS, HOLD_DAMPING
-        self.model.actuator_gainprm[self._ctrl, 0] = gain
-        self.model.actuator_biasprm[self._ctrl, 0] = 0.0
-        self.model.actuator_biasprm[self._ctrl, 1] = -stiffness
-        self.model.actuator_biasprm[self._ctrl, 2] = -damping
+        self.model.actuator_gainprm[self._arm, 0] = gain
+        self.model.actuator_biasprm[self._arm, 0] = 0.0
+        self.model.actuator_biasprm[self._arm, 1] = -stiffness
+        self.model.actuator_biasprm[self._arm, 2] = -damping
         self._mode = mode
         self._command_deadline = np.inf
 
@@ -135,7 +137,7 @@ class MujocoSawyer:
     def reset(self, target: JointTarget = "neutral") -> None:
         """Sim only: place the arm at `target` at rest, clear perturbations and hold there."""
         mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[self._qpos] = joint_target(target)
+        self.data.qpos[self._arm] = joint_target(target)
         self._wrench_ends.clear()
         mujoco.mj_forward(self.model, self.data)
         self.hold()
@@ -163,8 +165,8 @@ class MujocoSawyer:
 
     def displace(self, delta: Sequence[float] | np.ndarray) -> None:
         delta = finite_joint_vector(delta, "joint displacement")
-        self.data.qpos[self._qpos] = clip_position(self.joint_positions() + delta)
-        self.data.qvel[self._qvel] = 0.0
+        self.data.qpos[self._arm] = clip_position(self.joint_positions() + delta)
+        self.data.qvel[self._arm] = 0.0
         mujoco.mj_forward(self.model, self.data)
         self.hold()
 
@@ -203,10 +205,10 @@ class MujocoSawyer:
         limits) and feeds forward the torques of that motion (inverse dynamics less gravity,
         which is compensated already); position mode steps the reference angles towards the
         target at the speed ratio of the velocity limits."""
-        reference = self.data.ctrl[self._ctrl].copy()
+        reference = self.data.ctrl[self._arm].copy()
         if self._mode == "position":
             max_step = self.speed_ratio * sawyer.VELOCITY_LIMITS * duration
-            self.data.ctrl[self._ctrl] = reference + np.clip(self._position_target - reference, -max_step, max_step)
+            self.data.ctrl[self._arm] = reference + np.clip(self._position_target - reference, -max_step, max_step)
             return
         q = self.joint_positions()
         room_up = np.maximum(sawyer.POSITION_UPPER - LIMIT_MARGIN - q, 0.0)
@@ -216,11 +218,11 @@ class MujocoSawyer:
                        np.minimum(np.sqrt(2 * ACCELERATION_LIMITS * room_up), headroom))
         max_change = ACCELERATION_LIMITS * duration
         acceleration = np.clip(goal - reference, -max_change, max_change) / duration
-        self.data.ctrl[self._ctrl] = reference + acceleration * duration
+        self.data.ctrl[self._arm] = reference + acceleration * duration
         mujoco.mj_fullM(self.model, self.data, self._mass_matrix)
         # the coupling through the off-diagonal inertia only: each joint's own inertia is left
         # to its servo, which then approaches the new reference from below, never beyond it
-        coupling = self._mass_matrix[np.ix_(self._qvel, self._qvel)]
+        coupling = self._mass_matrix[self._arm, self._arm]
         np.fill_diagonal(coupling, 0.0)
-        coriolis = self.data.qfrc_bias[self._qvel] - self.data.qfrc_gravcomp[self._qvel]
-        self.model.actuator_biasprm[self._ctrl, 0] = coupling @ acceleration + coriolis
+        coriolis = self.data.qfrc_bias[self._arm] - self.data.qfrc_gravcomp[self._arm]
+        self.model.actuator_biasprm[self._arm, 0] = coupling @ acceleration + coriolis
