@@ -13,6 +13,7 @@ import click
 # name -> ("module:attribute" of a click command or group, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "actor-node": ("robot_sql.ros_actor:actor_node_command", "Actor on a Sawyer over ROS 2 (real arm via ros1_bridge, or sim-robot)."),
+    "preflight": ("robot_sql.preflight:preflight_command", "Check a Sawyer (or sim-robot) before any motion: rates, names, limits, e-stop."),
     "sim-robot": ("robot_sql.sim.ros_driver:sim_robot_command", "MuJoCo Sawyer behind the real arm's ROS 2 topics (Intera)."),
     "learner": ("robot_sql.learner:learner_command", "Learner service: durable replay, SQL updates, weight publishing, control channel."),
     "actor": ("robot_sql.actor:actor_command", "Actor service: runs the policy on an env at the control rate, streams transitions."),
