@@ -197,3 +197,24 @@ def test_training_controls_drive_a_real_learner_and_start_relaunches_it(tmp_path
         stop(learner)
         if relaunched:
             kill_pid(relaunched)
+
+
+def test_arm_view_draws_the_reported_pose():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from robot_sql import sawyer
+    from robot_sql.panel.scene import FRAME_SIZE, ArmView
+
+    view = ArmView()
+    try:
+        neutral = np.asarray(Image.open(io.BytesIO(view.png(sawyer.named_pose("neutral"), (0.6, 0.1, 0.2)))))
+        shipping = np.asarray(Image.open(io.BytesIO(view.png(sawyer.named_pose("shipping")))))
+        with pytest.raises(ValueError):
+            view.png([0.0] * 6)
+    finally:
+        view.close()
+    assert neutral.shape[:2] == FRAME_SIZE and neutral.std() > 10
+    assert np.abs(neutral.astype(int) - shipping.astype(int)).mean() > 2  # another pose, another picture

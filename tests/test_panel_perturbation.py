@@ -5,7 +5,9 @@ import pytest
 
 import robot_sql  # noqa: F401  (registers the envs)
 from robot_sql.panel.app import list_reports
-from robot_sql.perturbation import PerturbationAborted, PerturbationSpec, run_trials, save_report
+from robot_sql import sawyer
+from robot_sql.perturbation import (JOINT_LIMIT_MARGIN_RAD, MAX_DISPLACEMENT_RAD, PerturbationAborted,
+                                   PerturbationSpec, push, run_trials, save_report)
 from robot_sql.rundir import RunDir
 from robot_sql.sim.scripted import DLSController
 
@@ -82,3 +84,15 @@ def test_an_abort_holds_the_arm_and_ends_the_test(env):
 def test_a_push_after_the_episode_is_refused(env):
     with pytest.raises(ValueError, match="before the push"):
         run_trials(env, reaching_policy(env), PerturbationSpec(kind="wrench", magnitude=5.0, push_at_s=30.0, trials=1))
+
+
+def test_a_displacement_never_leaves_the_joint_limits(env):
+    robot = env.unwrapped.robot
+    near_limits = sawyer.POSITION_UPPER - 0.06
+    robot.reset(near_limits)
+    spec = PerturbationSpec(kind="displacement", magnitude=MAX_DISPLACEMENT_RAD)
+    for seed in range(20):
+        push(robot, spec, np.random.default_rng(seed))
+        reached = robot.joint_positions()
+        assert np.all(reached <= sawyer.POSITION_UPPER - JOINT_LIMIT_MARGIN_RAD + 1e-9)
+        assert np.all(reached >= sawyer.POSITION_LOWER + JOINT_LIMIT_MARGIN_RAD - 1e-9)

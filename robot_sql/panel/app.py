@@ -7,6 +7,10 @@ reports) and from the live processes' control channels (health, the arm's state)
 does goes through those channels: start/pause/resume/stop to the learner; e-stop, re-arm,
 episode reset and perturbation tests straight to the actors, never through the learner.
 
+From an actor's status reply the page uses: estopped, holding, connected (its link to the
+learner), steps, episodes, weight_version, learner_errors; and for the arm view
+joint_positions (rad, right_j0..6), target_position (m, base frame) and position_error (m).
+
 Security: every endpoint except /health needs the panel token, as `Authorization: Bearer
 <token>` or as the cookie the page sets after opening the login link `/?token=<token>`
 once. The token comes from ROBOT_SQL_PANEL_TOKEN or is generated at first start and kept in
@@ -42,6 +46,7 @@ from pydantic_settings import SettingsConfigDict
 from robot_sql import perturbation, sawyer
 from robot_sql.config import Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report
+from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
 
@@ -295,12 +300,14 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
     perturbation_job: dict = {"state": "idle"}
     job_lock = threading.Lock()
     require_token = token_checker(token)
+    arm_view = ArmView()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         fleet.start()
         yield
         fleet.stop()
+        arm_view.close()
         store.close()
 
     app = FastAPI(title="robot-sql panel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -377,10 +384,18 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         return json.loads(path.read_text())
 
     @api.get("/api/frame")
-    def frame():
+    def frame(actor: str | None = None):
+        """The arm at the joint angles the actor reports, else the newest image in the run's media/."""
+        status = fleet.actor(actor).last_status if fleet.actors else None
+        if status and "joint_positions" in status:
+            try:
+                png = arm_view.png(status["joint_positions"], status.get("target_position"))
+            except (ValueError, RenderError) as error:
+                raise HTTPException(503, str(error)) from None
+            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
         path = latest_frame(run)
         if path is None:
-            raise HTTPException(404, "no rendered frame in the run directory yet")
+            raise HTTPException(404, "no arm state from an actor and no rendered frame in the run directory")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @api.get("/api/stream")

@@ -116,7 +116,7 @@ function renderArm(actors) {
   badge.textContent = stopped ? "arm: E-STOPPED, holding" : "arm: running";
   badge.className = stopped ? "badge bad" : "badge ok";
   const arm = known[0].status;
-  if (typeof arm.ee_error === "number") $("#ee-error").textContent = `end-effector error to target: ${(arm.ee_error * 100).toFixed(1)} cm`;
+  if (typeof arm.position_error === "number") $("#ee-error").textContent = `end-effector error to target: ${(arm.position_error * 100).toFixed(1)} cm`;
   if (Array.isArray(arm.joint_positions)) renderJoints(arm.joint_positions);
 }
 
