@@ -4,6 +4,7 @@ from robot_sql.cli import LazyGroup
 import click
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "sim": ("robot_sql.sim.bench:bench_sim_command", "Sawyer env steps/s and real-time factor on one core."),
 }
 
 
