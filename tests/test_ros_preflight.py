@@ -1,0 +1,62 @@
+"""`robot-sql preflight` against the MuJoCo driver, started the ROS way (the ament entry point
+`ros2 run robot_sql_ros sim_robot` would run), and against nothing."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from robot_sql.ros_env import INSTALL, workspace_env
+from tests.ros_support import ROBOT_SQL, SIM_PROFILE, Probe, private_domain, require_ros
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    require_ros()
+    domain = private_domain()
+    env = workspace_env({**os.environ, "ROS_DOMAIN_ID": str(domain)})
+    log = open(tmp_path_factory.mktemp("preflight") / "driver.log", "w")
+    executable = INSTALL / "robot_sql_ros" / "lib" / "robot_sql_ros" / "sim_robot"
+    child = subprocess.Popen([str(executable), "--ros-args", "--params-file", str(SIM_PROFILE)], env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    probe = Probe(domain)
+    try:
+        probe.wait_for(lambda: len(probe.joint_states) > 10, 30, "joint states from the ament entry point")
+        yield env
+    finally:
+        probe.close()
+        child.terminate()
+        child.wait(10)
+
+
+def preflight(env, *args, timeout=60):
+    return subprocess.run([ROBOT_SQL, "preflight", "--listen", "1.5", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_preflight_passes_on_the_sim_robot(driver):
+    result = preflight(driver, "--params-file", str(SIM_PROFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("joint_states rate", "joint names", "hand in workspace", "e-stop path", "re-enable after stop"):
+        assert any(line.startswith("PASS") and check in line for line in result.stdout.splitlines()), check
+
+
+def test_preflight_fails_when_the_hand_is_outside_the_workspace(driver, tmp_path):
+    profile = tmp_path / "narrow.yaml"
+    profile.write_text("robot_sql_actor:\n  ros__parameters:\n"
+                       "    workspace_low: [0.6, -0.1, 0.3]\n    workspace_high: [0.8, 0.1, 0.4]\n")
+    result = preflight(driver, "--params-file", str(profile), "--no-estop-check")
+    assert result.returncode == 1
+    assert "FAIL  hand in workspace" in result.stdout and "preflight failed" in result.stderr
+
+
+def test_preflight_fails_without_a_robot(tmp_path):
+    require_ros()
+    env = {**os.environ, "ROS_DOMAIN_ID": str(private_domain())}
+    started = time.monotonic()
+    result = preflight(env, "--listen", "0.5")
+    assert result.returncode == 1
+    assert "FAIL  joint_states rate" in result.stdout and "FAIL  e-stop path" in result.stdout
+    assert time.monotonic() - started < 30
