@@ -172,6 +172,9 @@ class MujocoSawyer:
 
     # ---- time --------------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
+        """Integrate the physics for `seconds` (rounded to whole physics steps)."""
+        if not np.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         steps_left = int(round(seconds / self.timestep))
         reference_steps = max(int(round(REFERENCE_STEP_S / self.timestep)), 1)
         while steps_left > 0:

@@ -137,4 +137,6 @@ def test_bad_perturbations_are_clear_errors(robot):
         robot.displace([0, 0, 0, np.nan, 0, 0, 0])
     with pytest.raises(ValueError, match="unknown named pose"):
         robot.move_to("dance")
+    with pytest.raises(ValueError, match="seconds must be"):
+        robot.advance(float("nan"))
     assert not np.any(robot.data.xfrc_applied)
