@@ -2,15 +2,18 @@
 
 It behaves like Intera's joint controller, in-process and without real time:
 
-- velocity mode: each joint's servo pushes with VELOCITY_GAIN * (command - velocity) plus
-  the joint's viscous damping at the commanded velocity (the real controller compensates its
-  friction), within the effort limit, with gravity compensated as on the real arm;
+- velocity mode: each joint's servo tracks a reference velocity that ramps towards the
+  command within the acceleration limits, never above 97% of the velocity limit, and brakes
+  so the joint stops 0.05 rad inside its limits; the servo feeds forward the joint's viscous
+  damping (the real controller compensates its friction), the Coriolis torques and the
+  inertial coupling of the ramp, all within the effort limits, with gravity compensated as
+  on the real arm;
 - the command expires after 0.2 s (Intera's joint_command_timeout): the arm then holds the
   angles it has at that instant;
 - position mode and holding: a PD law (HOLD_STIFFNESS, HOLD_DAMPING) tracks a joint-angle
   reference; `send_position` and `move_to` move the reference towards the target at the speed
   ratio (0.3 of the velocity limits by default, as `move_to_neutral`), then hold it;
-- joints stop just inside their limits (joint-limit constraints with a margin, sawyer.xml);
+- the joint-limit constraints of sawyer.xml (active from 0.03 rad inside) are a backstop;
 - `advance(seconds)` integrates the physics; timed events (command timeout, end of a wrench)
   happen at their exact physics step.
 """
@@ -33,7 +36,8 @@ ACCELERATION_LIMITS = np.array([10.0, 8.0, 10.0, 10.0, 12.0, 12.0, 12.0])
 VELOCITY_HEADROOM = 0.97
 LIMIT_MARGIN = 0.05  # rad: velocity mode brakes to stop this far inside the joint limits (before the
 # limit constraints, which act from 0.03 rad inside, sawyer.xml)
-# servo gains per joint, about 30-40 rad/s of bandwidth on the neutral pose's inertia
+# servo gains per joint: velocity servos with time constants of a few ms (the ramp shapes the
+# response); the PD of position mode and holding has about 30 rad/s of bandwidth at neutral
 VELOCITY_GAIN = np.array([1000.0, 1000.0, 400.0, 400.0, 60.0, 60.0, 40.0])  # Nm per rad/s
 HOLD_STIFFNESS = np.array([1500.0, 1500.0, 600.0, 600.0, 120.0, 120.0, 60.0])  # Nm per rad
 HOLD_DAMPING = np.array([100.0, 100.0, 40.0, 40.0, 8.0, 8.0, 4.0])  # Nm per rad/s
