@@ -1,0 +1,256 @@
+"""The actor/learner service as separate processes on loopback: training, kill -9 of the learner,
+an actor that starts first, and a flood of malformed frames on every learner socket.
+
+Small budgets: MultiGoal with the reference hyperparameters, one torch thread per process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import yaml
+import zmq
+from hypothesis import given, settings, strategies as st
+
+from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, decode, encode
+from robot_sql.replay_store import ReplayStore
+from robot_sql.sql import SoftQLearning, load_checkpoint
+from robot_sql.train import evaluate
+from tests.panel_support import ROBOT_SQL, free_port, free_port_block, start, stop, wait_for
+
+RATE_HZ = 50.0
+
+
+class Service:
+    """Starts learner and actor processes for one test and kills whatever is left at the end."""
+
+    def __init__(self, root: Path):
+        self.root, self.run_dir = root, root / "run"
+        self.port = free_port_block(3)
+        self.processes = []
+        self.actor_controls: dict[str, str] = {}
+
+    def learner(self, **settings):
+        values = {"port": self.port, "torch_threads": 1, "min_replay": 100, "publish_every": 10, **settings}
+        config = self.root / "learner.yaml"
+        config.write_text(yaml.safe_dump(values))
+        process = start([ROBOT_SQL, "learner", "--run-dir", str(self.run_dir), "--config", str(config)],
+                        self.root / f"learner-{len(self.processes)}.log")
+        self.processes.append(process)
+        return process
+
+    def actor(self, name: str, **settings):
+        control = f"tcp://127.0.0.1:{free_port()}"
+        values = {"learner": f"127.0.0.1:{self.port}", "env": "MultiGoal-v0", "name": name, "control_bind": control,
+                  "control_rate_hz": RATE_HZ, "link_timeout_s": 1.0, "resend_after_s": 1.0, **settings}
+        config = self.root / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(values))
+        process = start([ROBOT_SQL, "actor", "--config", str(config)], self.root / f"{name}.log")
+        self.processes.append(process)
+        self.actor_controls[name] = control
+        return process
+
+    def learner_status(self) -> dict | None:
+        try:
+            return ControlClient(f"tcp://127.0.0.1:{self.port + 2}", timeout_s=1.0).call("status")
+        except ControlError:
+            return None
+
+    def actor_status(self, name: str, **args) -> dict | None:
+        try:
+            return ControlClient(self.actor_controls[name], timeout_s=1.0).call("status", **args)
+        except ControlError:
+            return None
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.root.glob("*.log")))
+
+
+@pytest.fixture
+def service(tmp_path):
+    service = Service(tmp_path)
+    yield service
+    for process in service.processes:
+        stop(process)
+    if os.environ.get("ROBOT_SQL_SHOW_SERVICE_LOGS"):
+        print(service.logs())
+
+
+def acked_seqs(status: dict) -> set[int]:
+    return set(range(1, status["last_seq"] + 1)) - set(status["unacked_seqs"])
+
+
+def test_two_actor_processes_and_a_learner_train_multigoal(service):
+    learner = service.learner(max_updates=3000)
+    for index in range(2):
+        service.actor(f"actor-{index}", seed=index)
+    assert learner.wait(150) == 0, service.logs()  # the learner stops itself after max_updates
+    statuses = [service.actor_status(f"actor-{index}") for index in range(2)]
+    assert all(status["acked_transitions"] > 500 for status in statuses), statuses
+
+    agent = SoftQLearning.from_state_dict(load_checkpoint(service.run_dir / "checkpoints" / "learner.pt")["agent"])
+    assert agent.updates == 3000
+    # two processes feed one replay, so runs differ; trained runs have scored 0.37 to 0.72, untrained ones 0.0
+    trained = evaluate(agent, "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
+    untrained = evaluate(SoftQLearning(agent.config), "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
+    assert trained >= 0.3 and trained >= untrained + 0.25, (trained, untrained)
+
+
+def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_through(service):
+    actors = ["actor-0", "actor-1"]
+    learner = service.learner(checkpoint_every_s=1.0)
+    for index, name in enumerate(actors):
+        service.actor(name, seed=index)
+    wait_for(lambda: (service.learner_status() or {}).get("updates", 0) >= 150, 90, "training to start")
+    before = {name: service.actor_status(name, unacked_seqs=True) for name in actors}
+    version_before = max(status["weight_version"] for status in before.values())
+
+    os.killpg(learner.pid, signal.SIGKILL)
+    learner.wait(10)
+    wait_for(lambda: not any(service.actor_status(name)["connected"] for name in actors), 5, "actors to notice")
+    gap_start = {name: service.actor_status(name)["steps"] for name in actors}
+    time.sleep(2.0)
+    gap_end = {name: service.actor_status(name) for name in actors}
+    for name in actors:  # still stepping at the control rate, on the last weights, without the learner
+        assert gap_end[name]["steps"] - gap_start[name] >= 0.7 * 2.0 * RATE_HZ, gap_end[name]
+        assert gap_end[name]["connected"] is False and gap_end[name]["weight_version"] >= before[name]["weight_version"]
+        assert gap_end[name]["unacked_transitions"] > 0
+
+    service.learner(checkpoint_every_s=1.0)  # same run directory
+    restarted = wait_for(service.learner_status, 60, "the restarted learner")
+    assert restarted["transitions_total"] >= max(len(acked_seqs(s)) for s in before.values())
+    wait_for(lambda: all((s := service.actor_status(name))["connected"] and s["weight_version"] > version_before
+                         and s["unacked_transitions"] < 300 for name in actors), 30, "actors to reconnect and catch up")
+    updates_then = service.learner_status()["updates"]
+    wait_for(lambda: service.learner_status()["updates"] >= updates_then + 50, 30, "training to go on")
+    after = {name: service.actor_status(name, unacked_seqs=True) for name in actors}
+    assert service.learner_status()["weight_version"] > version_before
+    for process in service.processes:
+        stop(process)
+
+    store = ReplayStore(service.run_dir / "replay", obs_dim=2, act_dim=2, capacity=100_000)
+    for name in actors:
+        stored = store.seen[after[name]["session"]]
+        assert acked_seqs(before[name]) <= stored and acked_seqs(after[name]) <= stored
+        assert len(acked_seqs(after[name])) > len(acked_seqs(before[name]))
+        # the longest control period over the whole run, gap and restart included (period 20 ms)
+        assert after[name]["loop_period"]["max_since_start_s"] < 0.3, after[name]["loop_period"]
+
+
+def test_an_actor_started_before_the_learner_runs_then_connects(service):
+    service.actor("early")
+    alone = wait_for(lambda: (s := service.actor_status("early")) and s["steps"] >= 50 and s, 30, "the actor to run alone")
+    assert alone["connected"] is False and alone["weight_version"] == 0 and alone["unacked_transitions"] >= 50
+    service.learner()
+    joined = wait_for(lambda: (s := service.actor_status("early", unacked_seqs=True))["weight_version"] > 0
+                      and s["connected"] and s["acked_transitions"] >= alone["steps"] and s, 60, "the actor to connect")
+    assert 1 in acked_seqs(joined)  # transitions from before the learner existed were kept and delivered
+    assert joined["loop_period"]["max_since_start_s"] < 0.3
+
+
+# ---- malformed frames ------------------------------------------------------------------------------
+plain = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats() | st.text(max_size=8)
+                     | st.binary(max_size=16), lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
+array_like = st.fixed_dictionaries({"dtype": st.sampled_from(["<f4", "<f8", "|O", ">f4", "<c8", "x"]),
+                                    "shape": st.lists(st.integers(-1, 2 ** 31), max_size=5),
+                                    "data": st.binary(max_size=64)})
+message_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["transitions", "ping", "stats", "request", "weights", "ack", "nope"]) | st.text(max_size=5),
+     "v": st.sampled_from([PROTOCOL_VERSION, 0, 2, -1]) | plain, "sender": st.text(max_size=8) | plain},
+    optional={"session": st.text(max_size=8) | plain, "seq": st.integers(-5, 2 ** 40) | plain,
+              "batch": st.dictionaries(st.sampled_from(["observations", "actions", "rewards", "next_observations",
+                                                        "terminals", "junk"]), array_like | plain, max_size=6),
+              "command": st.sampled_from(["status", "stop", "pause"]) | plain, "args": plain,
+              "values": st.dictionaries(st.text(max_size=6), st.floats() | plain, max_size=4)})
+
+
+def hypothesis_frames(count: int) -> list[bytes]:
+    """Frames hypothesis builds to look like messages; the rare valid one is left out (it could say "stop")."""
+    frames = []
+
+    @settings(max_examples=count, deadline=None, derandomize=True, database=None)
+    @given(st.one_of(plain.map(msgpack.packb), message_like.map(msgpack.packb)))
+    def collect(frame):
+        try:
+            decode(frame, {"transitions", "ping", "stats", "request"})
+        except ProtocolError:
+            frames.append(frame)
+
+    collect()
+    rng = np.random.default_rng(1)
+    return (frames + [b"\xc1" + rng.bytes(8) for _ in range(count)])[:count]
+
+
+def malformed_frames(count: int, max_frame_bytes: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    good = encode("transitions", "fuzz", session="fuzz", seq=1, batch={
+        "observations": np.zeros((8, 2), np.float32), "actions": np.zeros((8, 2), np.float32),
+        "rewards": np.zeros(8, np.float32), "next_observations": np.zeros((8, 2), np.float32),
+        "terminals": np.zeros(8, np.float32)})
+    nan_rewards = np.zeros(8, np.float32)
+    nan_rewards[3] = np.nan
+    share = count // 6
+    frames = hypothesis_frames(count - 5 * share)
+    frames += [rng.bytes(int(n)) for n in rng.integers(0, 300, share)]
+    frames += [good[: int(n)] for n in rng.integers(0, len(good), share)]  # truncated msgpack
+    huge = [b"\xc6\xff\xff\xff\xff", b"\xdd\x7f\xff\xff\xff", b"\xdf\x7f\xff\xff\xff", b"\xdb\xff\xff\xff\xf0",
+            msgpack.packb({"type": "weights", "v": 1, "sender": "f", "version": 1, "hidden_sizes": [1],
+                           "weights": {"w": {"dtype": "<f4", "shape": [2 ** 30, 2 ** 30], "data": b""}}})]
+    frames += [huge[i % len(huge)] + rng.bytes(int(i % 7)) for i in range(share - 3)] + [b"\x00" * (max_frame_bytes + 1)] * 3
+    frames += [encode("transitions", "fuzz", session="fuzz", seq=int(i), batch={
+        "observations": np.zeros((8, 2), np.float32), "actions": np.zeros((8, 2), np.float32), "rewards": nan_rewards,
+        "next_observations": np.full((8, 2), np.inf if i % 2 else 0.0, np.float32), "terminals": np.zeros(8, np.float32)})
+        for i in range(share)]
+    frames += [msgpack.packb({**msgpack.unpackb(good), "v": int(v)}) for v in rng.integers(2, 1000, share)]
+    rng.shuffle(frames)
+    assert len(frames) == count
+    return frames
+
+
+def test_ten_thousand_malformed_frames_on_every_learner_socket_are_counted_and_training_goes_on(service):
+    max_frame_bytes = 64 * 1024
+    learner = service.learner(max_frame_bytes=max_frame_bytes)
+    service.actor("actor-0")
+    wait_for(lambda: (service.learner_status() or {}).get("updates", 0) >= 20, 90, "training to start")
+    frames = malformed_frames(10_000, max_frame_bytes)
+    context = zmq.Context()
+    data, control, weights = context.socket(zmq.DEALER), context.socket(zmq.DEALER), context.socket(zmq.XSUB)
+    for socket, offset in ((data, 0), (weights, 1), (control, 2)):
+        socket.linger = 0
+        socket.connect(f"tcp://127.0.0.1:{service.port + offset}")
+    time.sleep(0.3)
+    start = service.learner_status()
+    replies = {"data": 0, "control": 0}
+    try:
+        for first in range(0, len(frames), 500):
+            chunk = frames[first: first + 500]
+            for frame in chunk:
+                data.send(frame)
+                control.send_multipart([b"", frame] if frame[:1] != b"\x00" else [frame, b"extra", b"frames"])
+                weights.send(b"\x02" + frame)  # anything but (un)subscribe is wrong on the weights socket
+            deadline = time.monotonic() + 30
+            while sum(replies.values()) < 2 * (first + len(chunk)) and time.monotonic() < deadline:
+                for name, socket in (("data", data), ("control", control)):
+                    while socket.poll(10):
+                        socket.recv_multipart()
+                        replies[name] += 1
+    finally:
+        context.destroy(linger=0)
+    end = wait_for(lambda: (s := service.learner_status())["received"]["weights"] - start["received"]["weights"]
+                   >= len(frames) and s, 20, "the learner to count every frame")
+    rejected = {socket: sum(end["rejected"][socket].values()) - sum(start["rejected"][socket].values())
+                for socket in ("data", "control", "weights")}
+    assert rejected == {"data": len(frames), "control": len(frames), "weights": len(frames)}, end["rejected"]
+    assert replies == {"data": len(frames), "control": len(frames)}  # every bad request answered with an error
+    kinds = end["rejected"]["data"]
+    assert {"malformed", "oversized", "nonfinite", "version", "schema"} <= set(kinds), kinds
+    assert learner.poll() is None
+    updates = end["updates"]
+    wait_for(lambda: service.learner_status()["updates"] >= updates + 30, 60, "training to go on")
+    assert service.actor_status("actor-0")["connected"]
