@@ -71,6 +71,9 @@ class SawyerPoseEnv(gymnasium.Env):
     def _reward(self, hand: Pose, previous_hand: Pose) -> float:
         return self.task.reward(hand, self.target)
 
+    def _within_tolerance(self, hand: Pose) -> bool:
+        return self.task.within_tolerance(hand, self.target)
+
     # ---- gymnasium ---------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -88,7 +91,7 @@ class SawyerPoseEnv(gymnasium.Env):
         self._steps += 1
         self._hand = self.robot.ee_pose()
         reward = self._reward(self._hand, previous_hand)
-        succeeded = self.success.update(self.task.within_tolerance(self._hand, self.target), 1.0 / self.control_hz)
+        succeeded = self.success.update(self._within_tolerance(self._hand), 1.0 / self.control_hz)
         truncated = self._steps >= self.max_steps and not succeeded
         return self._observation(), reward, succeeded, truncated, self._info(succeeded)
 
@@ -111,7 +114,9 @@ class SawyerPoseEnv(gymnasium.Env):
 
     def _info(self, succeeded: bool) -> dict:
         position_error, orientation_error = self.task.errors(self._hand, self.target)
-        return {"position_error": position_error, "orientation_error": orientation_error, "is_success": succeeded}
+        # "is_success" is the gymnasium / Stable-Baselines3 name; robot_sql's train and actor loops read "success"
+        return {"position_error": position_error, "orientation_error": orientation_error,
+                "is_success": succeeded, "success": succeeded}
 
     def _reset_arm_near_neutral(self) -> None:
         noise = self.np_random.uniform(-START_JOINT_NOISE, START_JOINT_NOISE, size=7)
@@ -178,6 +183,5 @@ class SawyerPretrainEnv(SawyerPoseEnv):
     def _reward(self, hand: Pose, previous_hand: Pose) -> float:
         return float(np.linalg.norm(hand[0] - previous_hand[0]) * self.control_hz)
 
-    def step(self, action):
-        obs, reward, _, truncated, info = super().step(action)
-        return obs, reward, False, truncated or self._steps >= self.max_steps, {**info, "is_success": False}
+    def _within_tolerance(self, hand: Pose) -> bool:
+        return False  # no target to reach: episodes run to the time limit

@@ -62,6 +62,10 @@ def test_pretraining_rewards_end_effector_speed():
     # right_j0 at 0.3 * 1.74 rad/s swings the hand (about 0.48 m from the axis) at about 0.25 m/s
     assert still < 0.01
     assert fast == pytest.approx(0.3 * sawyer.VELOCITY_LIMITS[0] * 0.48, rel=0.2)
+    # standing still there is nothing to succeed at either: it runs to the time limit
+    env.robot.reset(env.robot.joint_positions())
+    outcomes = [env.step(np.zeros(7, dtype=np.float32))[2:4] for _ in range(env.max_steps - 11)]
+    assert outcomes[-1] == (False, True) and not any(terminated for terminated, _ in outcomes)
 
 
 def test_render_command_writes_a_png_and_a_gif(tmp_path):
