@@ -45,6 +45,8 @@ class SawyerPoseEnv(gymnasium.Env):
             raise ValueError(f"control_hz must exceed {1.0 / sawyer.COMMAND_TIMEOUT_S} (the command timeout), got {control_hz}")
         if not 0.0 < velocity_fraction <= 1.0:
             raise ValueError(f"velocity_fraction must be in (0, 1], got {velocity_fraction}")
+        if episode_seconds is not None and not episode_seconds > 0:
+            raise ValueError(f"episode_seconds must be positive, got {episode_seconds}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.control_hz = control_hz

@@ -52,6 +52,12 @@ def test_actions_are_scaled_velocity_commands_and_episodes_end_on_time():
     assert [r[3] for r in results] == [False] * 9 + [True]
     with pytest.raises(ValueError, match="control_hz"):
         gymnasium.make("SawyerReach-v0", control_hz=4.0)
+    with pytest.raises(ValueError, match="episode_seconds"):
+        gymnasium.make("SawyerReach-v0", episode_seconds=-1.0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.full(7, np.nan, dtype=np.float32))
+    env.robot.advance(0.5)  # no command follows, yet the arm stops at once: it was told to hold
+    assert np.max(np.abs(env.robot.joint_velocities())) < 1e-3
 
 
 def test_pretraining_rewards_end_effector_speed():
