@@ -33,6 +33,7 @@ import zmq
 
 from robot_sql.config import ConfigError, load_settings
 from robot_sql.protocol import ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client
+from robot_sql.safety import GuardedRobot, guard_sawyer
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
 from robot_sql.train import check_box_spaces
@@ -247,6 +248,9 @@ class Actor:
     def __init__(self, env: gymnasium.Env, settings: ActorSettings):
         check_box_spaces(env, settings.env)
         self.env, self.settings = env, settings
+        robot = getattr(env.unwrapped, "robot", None)
+        if robot is not None and not isinstance(robot, GuardedRobot):  # a Sawyer env: every command passes the filter
+            env.unwrapped.robot = guard_sawyer(robot)
         self.name = settings.name or f"actor-{_socket.gethostname()}-{os.getpid()}"
         self.obs_dim = gymnasium.spaces.flatdim(env.observation_space)
         self.act_dim = gymnasium.spaces.flatdim(env.action_space)

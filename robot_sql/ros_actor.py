@@ -33,6 +33,7 @@ from pydantic_settings import SettingsConfigDict
 from robot_sql import sawyer
 from robot_sql.config import Settings
 from robot_sql.robot import finite_joint_vector
+from robot_sql.safety import SAWYER_WORKSPACE
 from robot_sql.service_settings import ActorSettings
 from robot_sql.tasks.pose_task import ACTION_SIZE, OBSERVATION_SIZE, PoseTask, SuccessTimer, action_to_velocity, observation
 
@@ -56,8 +57,8 @@ class ActorNodeSettings(Settings):
     actor: ActorSettings = Field(default_factory=_node_actor_defaults)  # learner, control channel, control rate
     speed_fraction: float = Field(0.3, gt=0, le=1.0)  # safety cap: fraction of the joint velocity limits
     velocity_fraction: float = Field(0.3, gt=0, le=1.0)  # action scale, as in the simulator's envs
-    workspace_low: list[float] = [0.3, -0.4, -0.05]  # end-effector box in base (m)
-    workspace_high: list[float] = [0.85, 0.45, 0.5]
+    workspace_low: list[float] = list(SAWYER_WORKSPACE[0])  # end-effector box in base (m)
+    workspace_high: list[float] = list(SAWYER_WORKSPACE[1])
     slowdown_margin_rad: float = Field(0.15, gt=0)
     stale_after_s: float = Field(0.1, gt=0, le=0.5)  # joint state older than this (two control periods): hold
     joint_state_rate_hz: float = Field(sawyer.JOINT_STATE_RATE_HZ, gt=0)

@@ -25,6 +25,10 @@ import numpy as np
 from robot_sql import sawyer
 
 
+# an end-effector box (m, in base) around everything the Sawyer tasks reach, with room to spare
+SAWYER_WORKSPACE = ((0.3, -0.4, -0.05), (0.85, 0.45, 0.5))
+
+
 @dataclass(frozen=True)
 class SafetyLimits:
     position_lower: np.ndarray
@@ -240,3 +244,11 @@ class GuardedRobot:
             if np.max(np.abs(q - goal)) < tolerance and np.max(np.abs(self.robot.joint_velocities())) < 0.05:
                 return True
         return False
+
+
+def guard_sawyer(robot, speed_fraction: float = 0.5, workspace=SAWYER_WORKSPACE) -> GuardedRobot:
+    """`robot` behind the safety filter with the Sawyer's limits (the fast path's default:
+    above the envs' action scale of 0.3, so only limits and the box change a command)."""
+    from robot_sql.kinematics import SawyerKinematics
+
+    return GuardedRobot(robot, SafetyFilter(SafetyLimits.sawyer(speed_fraction, *workspace)), SawyerKinematics())
