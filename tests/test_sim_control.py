@@ -117,6 +117,8 @@ def test_nan_or_inf_commands_are_rejected_and_the_arm_holds(robot, bad):
     with pytest.raises(ValueError, match="NaN or inf"):
         robot.send_velocity(command)
     held = robot.joint_positions()
+    robot.advance(0.1)  # within the 0.2 s timeout: stopping now is the hold, not the timeout
+    assert np.max(np.abs(robot.joint_velocities())) < 0.1
     robot.advance(1.0)
     np.testing.assert_allclose(robot.joint_positions(), held, atol=1e-3)
     assert np.max(np.abs(robot.joint_velocities())) < 1e-3
