@@ -28,6 +28,8 @@ POSITION_LOWER = _read_only([-3.0503, -3.8095, -3.0426, -3.0439, -2.9761, -2.976
 POSITION_UPPER = _read_only([3.0503, 2.2736, 3.0426, 3.0439, 2.9761, 2.9761, 4.7124])
 VELOCITY_LIMITS = _read_only([1.74, 1.328, 1.957, 1.957, 3.485, 3.485, 4.545])
 EFFORT_LIMITS = _read_only([80.0, 80.0, 40.0, 40.0, 9.0, 9.0, 9.0])
+# rad/s^2, sawyer_simulator's acceleration_limits.yaml (reference E; Intera publishes none)
+ACCELERATION_LIMITS = _read_only([10.0, 8.0, 10.0, 10.0, 12.0, 12.0, 12.0])
 
 # named_poses.yaml (`Limb.move_to_neutral` goes to "neutral")
 NAMED_POSES: dict[str, np.ndarray] = {

@@ -29,8 +29,6 @@ from robot_sql.robot import JointTarget, clip_position, clip_velocity, finite_jo
 from robot_sql.sim.scenes import build_model
 
 REFERENCE_STEP_S = 0.01  # the servo references are re-planned at 100 Hz, Intera's SDK rate
-# rad/s^2; sawyer_simulator's acceleration_limits.yaml (j0 10, j1 8, j2 10, j3 10, j4-j6 12)
-ACCELERATION_LIMITS = np.array([10.0, 8.0, 10.0, 10.0, 12.0, 12.0, 12.0])
 # the servo aims at most this fraction of a velocity limit, so that its tracking transients
 # (a percent or two when other joints brake or saturate) stay under the limit itself
 VELOCITY_HEADROOM = 0.97
@@ -221,9 +219,9 @@ class MujocoSawyer:
         room_up = np.maximum(sawyer.POSITION_UPPER - LIMIT_MARGIN - q, 0.0)
         room_down = np.maximum(q - sawyer.POSITION_LOWER - LIMIT_MARGIN, 0.0)
         headroom = VELOCITY_HEADROOM * sawyer.VELOCITY_LIMITS
-        goal = np.clip(self._velocity_command, -np.minimum(np.sqrt(2 * ACCELERATION_LIMITS * room_down), headroom),
-                       np.minimum(np.sqrt(2 * ACCELERATION_LIMITS * room_up), headroom))
-        max_change = ACCELERATION_LIMITS * duration
+        goal = np.clip(self._velocity_command, -np.minimum(np.sqrt(2 * sawyer.ACCELERATION_LIMITS * room_down), headroom),
+                       np.minimum(np.sqrt(2 * sawyer.ACCELERATION_LIMITS * room_up), headroom))
+        max_change = sawyer.ACCELERATION_LIMITS * duration
         acceleration = np.clip(goal - reference, -max_change, max_change) / duration
         self.data.ctrl[self._arm] = reference + acceleration * duration
         mujoco.mj_fullM(self.model, self.data, self._mass_matrix)
