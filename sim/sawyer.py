@@ -219,8 +219,9 @@ class MujocoSawyer:
         room_up = np.maximum(sawyer.POSITION_UPPER - LIMIT_MARGIN - q, 0.0)
         room_down = np.maximum(q - sawyer.POSITION_LOWER - LIMIT_MARGIN, 0.0)
         headroom = VELOCITY_HEADROOM * sawyer.VELOCITY_LIMITS
-        goal = np.clip(self._velocity_command, -np.minimum(np.sqrt(2 * sawyer.ACCELERATION_LIMITS * room_down), headroom),
-                       np.minimum(np.sqrt(2 * sawyer.ACCELERATION_LIMITS * room_up), headroom))
+        braking = 2 * sawyer.ACCELERATION_LIMITS  # v^2 = 2 a d: the speed that still stops in d
+        goal = np.clip(self._velocity_command, -np.minimum(np.sqrt(braking * room_down), headroom),
+                       np.minimum(np.sqrt(braking * room_up), headroom))
         max_change = sawyer.ACCELERATION_LIMITS * duration
         acceleration = np.clip(goal - reference, -max_change, max_change) / duration
         self.data.ctrl[self._arm] = reference + acceleration * duration
