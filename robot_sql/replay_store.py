@@ -49,7 +49,8 @@ class ReplayStore:
         self._open_segment()
 
     def _open_segment(self) -> None:
-        self._file = open(self.folder / f"segment-{self._segment_index:06d}.log", "ab")
+        path = self.folder / f"segment-{self._segment_index:06d}.log"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         folder = os.open(self.folder, os.O_RDONLY)  # make the new file's name durable too
         try:
             os.fsync(folder)
@@ -97,18 +98,17 @@ class ReplayStore:
         if self.contains(message.body["session"], message.body["seq"]):
             return 0
         check_transitions(message.body["batch"], self.obs_dim, self.act_dim, self.max_batch_rows)
-        if self._file.tell() >= self.segment_bytes:
+        if os.fstat(self._fd).st_size >= self.segment_bytes:
             self.sync()
-            self._file.close()
+            os.close(self._fd)
             self._segment_index += 1
             self._open_segment()
-        self._file.write(HEADER.pack(MAGIC, len(frame), zlib.crc32(frame)) + frame)
+        os.writev(self._fd, [HEADER.pack(MAGIC, len(frame), zlib.crc32(frame)), frame])
         return self._remember(message)
 
     def sync(self) -> None:
         """Make everything appended so far durable."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        os.fsync(self._fd)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         with self.lock:
@@ -119,4 +119,4 @@ class ReplayStore:
 
     def close(self) -> None:
         self.sync()
-        self._file.close()
+        os.close(self._fd)
