@@ -170,7 +170,11 @@ def test_training_controls_drive_a_real_learner_and_start_relaunches_it(tmp_path
         base = f"http://127.0.0.1:{panel_port}"
         wait_healthy(base, panel, tmp_path / "panel.out")
         client = httpx.Client(base_url=base, headers=auth("test-token"), timeout=10)
-        learner_state = lambda: (client.get("/api/status").json()["learner"]["status"] or {}).get("state")
+
+        def learner_state() -> str | None:
+            learner = client.get("/api/status").json()["learner"]
+            return learner["status"]["state"] if learner["connected"] else None
+
         wait_for(lambda: learner_state() == "running", 60, "the learner to answer the panel")
 
         assert client.post("/api/training/pause").json()["reply"] == {"paused": True}
@@ -190,7 +194,7 @@ def test_training_controls_drive_a_real_learner_and_start_relaunches_it(tmp_path
         assert client.get("/api/status").json()["launched_learner_pid"] == relaunched
         events = [event[4] for event in client.get("/api/events").json()]
         assert any("started robot-sql learner" in message for message in events)
-        client.post("/api/training/stop")
+        assert client.post("/api/training/stop").json()["reply"] == {"stopping": True}
         wait_for(lambda: client.get("/api/status").json()["launched_learner_pid"] is None, 30, "the relaunched learner to stop")
     finally:
         stop(panel)

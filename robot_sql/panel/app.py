@@ -80,6 +80,8 @@ class PanelSettings(Settings):
     actor_control: list[str] = []
     # how often the panel asks the processes for their status and pushes updates to the page
     poll_interval_s: float = Field(1.0, gt=0, le=10)
+    # how long a control command (status, e-stop, ...) may take before the process counts as not answering
+    control_timeout_s: float = Field(1.0, gt=0, le=30)
 
 
 # ---------------------------------------------------------------------------- the token
@@ -148,15 +150,28 @@ def latest_frame(run: RunDir) -> Path | None:
 # ---------------------------------------------------------------------------- the live processes
 
 
+# ControlClient error kinds that mean "no answer came", as opposed to an error the process answered
+NO_ANSWER = ("timeout", "unreachable", "bad_reply")
+
+
 class LinkError(Exception):
-    """A control command that did not get an answer (the process is down or too slow)."""
+    """A control command that failed: no answer (the process is down or too slow), or an error answer."""
+
+    def __init__(self, message: str, answered: bool):
+        super().__init__(message)
+        self.answered = answered
+
+    @property
+    def http_status(self) -> int:
+        return 502 if self.answered else 503
 
 
 class ProcessLink:
     """The panel's view of one process's control channel: its last status and when it came.
 
     Every command opens its own client, so an e-stop never waits behind a long command
-    (a perturbation test) on the same process.
+    (a perturbation test) on the same process. The process counts as connected while its
+    last command was answered, recently.
     """
 
     def __init__(self, name: str, address: str, timeout_s: float):
@@ -165,6 +180,7 @@ class ProcessLink:
         self.timeout_s = timeout_s
         self.last_status: dict | None = None
         self.last_reply_time: float | None = None
+        self.answering = False
         self.last_error: str | None = None
 
     def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
@@ -172,9 +188,15 @@ class ProcessLink:
             with ControlClient(self.address, timeout_s or self.timeout_s, sender="panel") as client:
                 reply = client.call(command, **arguments)
         except ControlError as error:
+            answered = error.kind not in NO_ANSWER
+            self.answering = answered
+            if answered:
+                self.last_reply_time = time.time()
             self.last_error = f"{command}: {error}"
-            raise LinkError(f"{self.name} ({self.address}) did not answer {command!r}: {error}") from error
+            verb = "refused" if answered else "did not answer"
+            raise LinkError(f"{self.name} ({self.address}) {verb} {command!r}: {error}", answered) from error
         self.last_reply_time = time.time()
+        self.answering = True
         self.last_error = None
         return reply
 
@@ -189,7 +211,7 @@ class ProcessLink:
         return {
             "name": self.name,
             "address": self.address,
-            "connected": age is not None and age < 3 * interval_s + self.timeout_s,
+            "connected": self.answering and age is not None and age < 3 * interval_s + self.timeout_s,
             "reply_age_s": age,
             "error": self.last_error,
             "status": self.last_status,
@@ -201,8 +223,9 @@ class Fleet:
 
     def __init__(self, settings: PanelSettings):
         self.interval_s = settings.poll_interval_s
-        self.learner = ProcessLink("learner", settings.learner_control, timeout_s=2.0) if settings.learner_control else None
-        self.actors = [ProcessLink(f"actor-{i}", address, timeout_s=2.0) for i, address in enumerate(settings.actor_control)]
+        timeout_s = settings.control_timeout_s
+        self.learner = ProcessLink("learner", settings.learner_control, timeout_s) if settings.learner_control else None
+        self.actors = [ProcessLink(f"actor-{i}", address, timeout_s) for i, address in enumerate(settings.actor_control)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="panel-poll", daemon=True)
 
@@ -431,7 +454,7 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         try:
             return fleet.learner.call(command)
         except LinkError as error:
-            raise HTTPException(503, str(error)) from None
+            raise HTTPException(error.http_status, str(error)) from None
 
     @api.post("/api/training/start")
     def start_training() -> dict:
@@ -441,6 +464,8 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         try:
             reply = fleet.learner.call("resume")
         except LinkError as error:
+            if error.answered:  # it is there but refused (e.g. stopping): starting a second one would be wrong
+                raise HTTPException(502, str(error)) from None
             if launcher is None:
                 raise HTTPException(503, f"{error}; the learner is not on this machine, start it where it runs") from None
             if launcher.running():
@@ -468,7 +493,7 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
 
         def send(link: ProcessLink) -> None:
             try:
-                results[link.name] = {"ok": True, "reply": link.call(command, timeout_s=1.0)}
+                results[link.name] = {"ok": True, "reply": link.call(command)}
             except LinkError as error:
                 results[link.name] = {"ok": False, "error": str(error)}
 
@@ -498,7 +523,7 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         try:
             reply = link.call("reset_episode")
         except LinkError as error:
-            raise HTTPException(503, str(error)) from None
+            raise HTTPException(error.http_status, str(error)) from None
         record("episode", f"episode reset sent to {link.name}")
         return {"reply": reply}
 

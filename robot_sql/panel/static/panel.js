@@ -89,7 +89,7 @@ function renderHealth(status) {
       `${link.name} (${link.address})`,
       link.connected ? "yes" : "no",
       link.reply_age_s === null ? "never" : `${link.reply_age_s.toFixed(1)} s`,
-      processState(link.status),
+      link.connected || !link.status ? processState(link.status) : `last known: ${processState(link.status)}`,
       rejected,
       link.error || detail(kind, link.status, learnerSeen),
     ];
