@@ -98,6 +98,8 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
 
             page.click("#rearm")
             expect(page.locator("#arm-state")).to_contain_text("running", timeout=10_000)
+            page.click("#reset-episode")
+            expect(page.locator("#message")).to_contain_text("/api/episode/reset: ok", timeout=10_000)
             assert outside == [], f"the page fetched from outside: {outside}"
         finally:
             browser.close()
