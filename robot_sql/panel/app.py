@@ -40,7 +40,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from robot_sql import perturbation, sawyer
@@ -53,6 +53,7 @@ from robot_sql.rundir import MetricsStore, RunDir
 STATIC = Path(__file__).parent / "static"
 TOKEN_FILE = "panel.token"
 COOKIE = "robot_sql_panel"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # a perturbation test runs whole evaluation episodes on the actor; give it time
 PERTURBATION_TIMEOUT_S = 600.0
 
@@ -66,6 +67,15 @@ CURVES: dict[str, tuple[str, int]] = {
     "actor_steps_per_s": ("Actor control rate (steps/s)", 1),
     "weight_version": ("Weight version", 1),
 }
+
+
+def split_tcp(address: str) -> tuple[str, int]:
+    """("host", port) of "tcp://host:port"; ValueError otherwise."""
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not host or not port.isdigit():
+        raise ValueError(f"a control address looks like tcp://127.0.0.1:5557, got {address!r}")
+    return host, int(port)
 
 
 class PanelSettings(Settings):
@@ -82,6 +92,20 @@ class PanelSettings(Settings):
     poll_interval_s: float = Field(1.0, gt=0, le=10)
     # how long a control command (status, e-stop, ...) may take before the process counts as not answering
     control_timeout_s: float = Field(1.0, gt=0, le=30)
+
+    @field_validator("learner_control")
+    @classmethod
+    def _learner_address(cls, address: str | None) -> str | None:
+        if address is not None:
+            split_tcp(address)
+        return address
+
+    @field_validator("actor_control")
+    @classmethod
+    def _actor_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            split_tcp(address)
+        return addresses
 
 
 # ---------------------------------------------------------------------------- the token
@@ -124,16 +148,26 @@ def token_checker(token: str):
 # ---------------------------------------------------------------------------- what the run directory holds
 
 
+def files_newest_first(folder: Path, pattern: str) -> list[tuple[Path, os.stat_result]]:
+    """Files in `folder` matching `pattern`, newest first; temporary files of atomic writes (".name") skipped."""
+    found = []
+    for path in folder.glob(pattern):
+        if path.name.startswith("."):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # replaced or removed while we looked
+            found.append((path, path.stat()))
+    return sorted(found, key=lambda item: item[1].st_mtime, reverse=True)
+
+
 def list_checkpoints(run: RunDir) -> list[dict]:
-    files = [path for path in run.checkpoints.iterdir() if path.is_file() and not path.name.startswith(".")]
-    files.sort(key=lambda path: path.stat().st_mtime, reverse=True)
-    return [{"name": path.name, "bytes": path.stat().st_size, "time": path.stat().st_mtime} for path in files]
+    return [{"name": path.name, "bytes": info.st_size, "time": info.st_mtime}
+            for path, info in files_newest_first(run.checkpoints, "*")]
 
 
 def list_reports(run: RunDir) -> list[dict]:
     """Summaries of the perturbation reports, newest first (unreadable files are listed as such)."""
     out = []
-    for path in sorted(run.reports.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True):
+    for path, _ in files_newest_first(run.reports, "*.json"):
         try:
             report = json.loads(path.read_text())
             out.append({"name": path.name, "created": report["created"], "spec": report["spec"], "summary": report["summary"]})
@@ -143,8 +177,8 @@ def list_reports(run: RunDir) -> list[dict]:
 
 
 def latest_frame(run: RunDir) -> Path | None:
-    frames = [path for path in run.media.glob("*.png") if not path.name.startswith(".")]
-    return max(frames, key=lambda path: path.stat().st_mtime, default=None)
+    frames = files_newest_first(run.media, "*.png")
+    return frames[0][0] if frames else None
 
 
 # ---------------------------------------------------------------------------- the live processes
@@ -266,10 +300,6 @@ class Fleet:
 # ---------------------------------------------------------------------------- the learner the panel may start
 
 
-def is_loopback(address: str) -> bool:
-    return address.startswith("ipc://") or address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
-
-
 class LearnerLauncher:
     """Starts `robot-sql learner` for the run when "start" finds no learner answering.
 
@@ -282,7 +312,7 @@ class LearnerLauncher:
 
     def __init__(self, run: RunDir, control_address: str, config: Path | None):
         self.run = run
-        self.data_port = int(control_address.rsplit(":", 1)[1]) - 2  # the learner's control socket is port + 2
+        self.data_port = split_tcp(control_address)[1] - 2  # the learner's control socket is port + 2
         self.config = config
         self.process: subprocess.Popen | None = None
 
@@ -294,11 +324,14 @@ class LearnerLauncher:
         if not config.is_file():
             raise HTTPException(409, f"no learner settings: {config} does not exist; "
                                      "start the panel with --learner-config or start the learner yourself")
-        executable = shutil.which("robot-sql", path=str(Path(sys.executable).parent)) or shutil.which("robot-sql")
+        executable = shutil.which("robot-sql", path=str(Path(sys.executable).parent)) or "robot-sql"
         command = [executable, "learner", "--run-dir", str(self.run.root), "--config", str(config),
                    "--port", str(self.data_port)]
         with open(self.run.root / "learner.log", "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as error:
+                raise HTTPException(500, f"cannot start {command[0]}: {error}") from None
         return self.process.pid
 
 
@@ -319,7 +352,7 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
     store = MetricsStore(run.metrics)
     fleet = Fleet(settings)
     launcher = (LearnerLauncher(run, settings.learner_control, settings.learner_config)
-                if settings.learner_control and is_loopback(settings.learner_control) else None)
+                if settings.learner_control and split_tcp(settings.learner_control)[0] in LOOPBACK_HOSTS else None)
     perturbation_job: dict = {"state": "idle"}
     job_lock = threading.Lock()
     require_token = token_checker(token)
@@ -615,7 +648,7 @@ def panel_command(run_dir, port, host, learner_control, actor_control, learner_c
         click.echo(f"panel: serving {url} (token from ROBOT_SQL_PANEL_TOKEN; log in at {url}?token=<token>)")
     else:
         click.echo(f"panel: serving {url} (token in {run.root / TOKEN_FILE}; log in at {url}?token=<token>)")
-    if not is_loopback(f"tcp://{settings.host}:0"):
+    if settings.host not in LOOPBACK_HOSTS:
         click.echo(f"panel: WARNING bound to {settings.host}: reachable from the network, without TLS", err=True)
     config = uvicorn.Config(create_app(settings, token), host=settings.host, port=settings.port,
                             log_level="warning", timeout_graceful_shutdown=2)
