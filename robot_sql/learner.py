@@ -95,6 +95,7 @@ class Learner:
         self.checkpoint_path = checkpoint_path
 
         self.stop_requested = threading.Event()
+        self.io_failed = False
         self.paused = threading.Event()
         self.data_arrived = threading.Event()
         self.outbox: queue.Queue = queue.Queue()  # ("publish", frame) or ("reply", envelope, frame), for the I/O thread
@@ -130,6 +131,14 @@ class Learner:
 
     # ---- I/O thread -------------------------------------------------------------------------------
     def serve(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # without its I/O the learner is useless: stop the whole process, loudly
+            log.exception("the learner's I/O thread failed")
+            self.io_failed = True
+            self.stop_requested.set()
+
+    def _serve(self) -> None:
         poller = zmq.Poller()
         for socket in (self.data.socket, self.weights_socket, self.control.socket):
             poller.register(socket, zmq.POLLIN)
@@ -288,8 +297,10 @@ class Learner:
         io_thread.join(timeout=5)
         self.checkpoint()
         self.store.close()
-        self._event("stopped", f"stopped cleanly at {self.agent.updates} updates, weight version {self.weight_version}")
+        self._event("stopped", f"stopped at {self.agent.updates} updates, weight version {self.weight_version}")
         self.close()
+        if self.io_failed:
+            raise SystemExit(1)
 
     def publish(self) -> None:
         version = self.versions.next()

@@ -231,3 +231,22 @@ def test_keygen_and_curve_let_only_key_holders_in(tmp_path):
         thread.join()
         authenticator.stop()
         context.destroy(linger=0)
+
+
+# ---- bad configuration ----------------------------------------------------------------------------
+def test_bad_service_configs_exit_2_with_a_clear_message(tmp_path):
+    from robot_sql.actor import actor_command
+    from robot_sql.learner import learner_command
+
+    config = tmp_path / "learner.yaml"
+    config.write_text("utd_ratio: 1.0\nreplay_capacty: 10\n")
+    result = CliRunner().invoke(learner_command, ["--run-dir", str(tmp_path / "run"), "--config", str(config)])
+    assert result.exit_code == 2 and "replay_capacty" in result.output
+    assert not (tmp_path / "run").exists()
+    config.write_text("sql: {kernel_particles: 2}\nport: 1\n")  # a valid port but nonsense SQL settings
+    result = CliRunner().invoke(learner_command, ["--run-dir", str(tmp_path / "run"), "--config", str(config)])
+    assert result.exit_code == 2 and "kernel_particles" in result.output
+    result = CliRunner().invoke(actor_command, ["--learner", "no-port-here", "--env", "MultiGoal-v0"])
+    assert result.exit_code == 2 and "HOST:PORT" in result.output
+    result = CliRunner().invoke(actor_command, ["--learner", "127.0.0.1:5555", "--env", "NoSuchEnv-v9"])
+    assert result.exit_code == 2 and "NoSuchEnv-v9" in result.output

@@ -4,7 +4,9 @@
    window of unacknowledged frames each) to a real `robot-sql learner` process with training
    off; a transition counts once the learner has acknowledged it, i.e. made it durable. The
    same frames then go to a raw ZeroMQ sink process that acknowledges each frame unread:
-   the ceiling on this machine in this run. ratio = learner / raw.
+   the transport's ceiling on this machine in this run (ratio = learner / raw). A second
+   ceiling: the same bytes appended to a file with one fsync per window (ratio_to_disk),
+   since an acknowledgement waits for the disk.
 2. Weight push: the learner's encoding of the policy weights, published on an XPUB, until a
    real ActorLink (the actor's network thread) has validated them and built a policy from
    them; p50/p99 over many pushes for reference network sizes.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import platform
 import subprocess
 import sys
@@ -92,7 +95,23 @@ def ingest_rate(mp, address: str, senders: int, count: int, rows: int, window: i
     return sum(transitions for transitions, _ in outcomes) / max(elapsed for _, elapsed in outcomes)
 
 
-def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, window: int) -> dict:
+def disk_rate(folder: Path, count: int, rows: int, window: int) -> float:
+    """Durable-write ceiling: the same frames appended to a file, one fsync per `window` of them (as acks need)."""
+    frames = transitions_frames("disk", count, rows, *SAWYER_DIMS)
+    path = folder / "disk-ceiling.log"
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    started = time.perf_counter()
+    for first in range(0, count, window):
+        for frame in frames[first: first + window]:
+            os.write(descriptor, frame)
+        os.fsync(descriptor)
+    elapsed = time.perf_counter() - started
+    os.close(descriptor)
+    path.unlink()
+    return count * rows / elapsed
+
+
+def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, window: int, repeats: int) -> dict:
     mp = multiprocessing.get_context("spawn")
     port = _free_port_block()
     config = work / "learner.yaml"
@@ -108,13 +127,21 @@ def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, 
         ready.wait(30)
         results = {}
         for senders in sender_counts:
-            service = ingest_rate(mp, f"tcp://127.0.0.1:{port}", senders, count, rows, window)
-            raw = ingest_rate(mp, f"tcp://127.0.0.1:{port + 10}", senders, count, rows, window)
-            results[f"{senders}_actors"] = {"learner_transitions_per_s": round(service), "raw_zmq_transitions_per_s": round(raw),
-                                            "ratio": round(service / raw, 3)}
-            click.echo(f"ingest, {senders} actor(s): learner {service:,.0f}/s, raw ZeroMQ {raw:,.0f}/s, ratio {service / raw:.2f}")
+            samples = {"learner": [], "raw": [], "disk": []}
+            for _ in range(repeats):  # alternate, so that load from elsewhere hits all alike; report medians
+                samples["learner"].append(ingest_rate(mp, f"tcp://127.0.0.1:{port}", senders, count, rows, window))
+                samples["raw"].append(ingest_rate(mp, f"tcp://127.0.0.1:{port + 10}", senders, count, rows, window))
+                samples["disk"].append(disk_rate(work, count * senders, rows, window * senders))
+            service, raw, disk = (float(np.median(samples[name])) for name in ("learner", "raw", "disk"))
+            results[f"{senders}_actors"] = {
+                "learner_transitions_per_s": round(service), "raw_zmq_transitions_per_s": round(raw),
+                "ratio": round(service / raw, 3), "disk_fsync_transitions_per_s": round(disk),
+                "ratio_to_disk": round(service / disk, 3),
+                "samples": {name: [round(v) for v in values] for name, values in samples.items()}}
+            click.echo(f"ingest, {senders} actor(s): learner {service:,.0f}/s, raw ZeroMQ {raw:,.0f}/s (ratio {service / raw:.2f}), "
+                       f"disk with fsync {disk:,.0f}/s (ratio {service / disk:.2f})")
         return {"rows_per_message": rows, "frame_bytes": len(transitions_frames("x", 1, rows, *SAWYER_DIMS)[0]),
-                "window": window, "messages_per_actor": count, **results}
+                "window": window, "messages_per_actor": count, "repeats": repeats, **results}
     finally:
         learner.terminate()
         learner.wait(30)
@@ -239,19 +266,21 @@ def measure_replay_memory(work: Path, transitions: int, rows: int = 256) -> dict
 
 @click.command("transport")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for the results.")
-@click.option("--messages", default=3000, show_default=True, help="Transitions messages per actor and run.")
-@click.option("--rows", default=32, show_default=True, help="Transitions per message.")
-@click.option("--window", default=8, show_default=True, help="Unacknowledged messages an actor keeps in flight.")
+@click.option("--messages", default=1000, show_default=True, help="Transitions messages per actor and run.")
+@click.option("--rows", default=256, show_default=True, help="Transitions per message (an unpaced actor's full batch).")
+@click.option("--window", default=64, show_default=True, help="Unacknowledged messages an actor keeps in flight.")
+@click.option("--repeats", default=3, show_default=True, help="Alternating learner / raw runs per actor count (medians).")
 @click.option("--pushes", default=200, show_default=True, help="Weight pushes per network size.")
 @click.option("--memory-transitions", default=1_000_000, show_default=True, help="Transitions stored for the memory figure.")
-def bench_transport_command(out: str, messages: int, rows: int, window: int, pushes: int, memory_transitions: int) -> None:
+def bench_transport_command(out: str, messages: int, rows: int, window: int, repeats: int, pushes: int,
+                            memory_transitions: int) -> None:
     """Learner ingest vs raw ZeroMQ (1 and 4 actors), weight-push latency, replay memory per million transitions."""
     with tempfile.TemporaryDirectory(prefix="bench-transport-") as folder:
         work = Path(folder)
         result = {
             "machine": {"cpus": multiprocessing.cpu_count(), "python": platform.python_version(),
                         "zmq": zmq.zmq_version(), "platform": platform.platform()},
-            "ingest": measure_ingest(work, [1, 4], messages, rows, window),
+            "ingest": measure_ingest(work, [1, 4], messages, rows, window, repeats),
             "weight_push": measure_weight_push(pushes),
             "replay_memory": measure_replay_memory(work, memory_transitions),
         }
