@@ -140,7 +140,9 @@ def token_checker(token: str):
         if header.lower().startswith("bearer "):
             supplied = header[7:].strip()
         if not hmac.compare_digest(supplied.encode(), expected):
-            raise HTTPException(401, "missing or wrong panel token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "missing or wrong panel token: send 'Authorization: Bearer <token>' or log in "
+                                     "once at /?token=<token> (the token is in <run-dir>/panel.token)",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     return require_token
 

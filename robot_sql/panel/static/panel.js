@@ -238,11 +238,16 @@ async function main() {
     plots[name].draw();
   }
   for (const link of overview.links) $("#perturb-form [name=link]").add(new Option(link, link, link === "right_l6", link === "right_l6"));
-  $("#perturb-form [name=kind]").addEventListener("change", (event) => {
-    const wrench = event.target.value === "wrench";
-    $("#magnitude-unit").textContent = wrench ? "N" : "rad";
-    $("#perturb-form [name=magnitude]").value = wrench ? 20 : 0.2;
-  });
+  const magnitude = $("#perturb-form [name=magnitude]");
+  const showKind = (kind) => {
+    const wrench = kind === "wrench";
+    $("#magnitude-unit").textContent = wrench ? `N (max ${overview.limits.wrench_force_n})` : `rad (max ${overview.limits.displacement_rad})`;
+    magnitude.max = wrench ? overview.limits.wrench_force_n : overview.limits.displacement_rad;
+    magnitude.value = wrench ? 20 : 0.2;
+    $("#perturb-form [name=duration_s]").max = overview.limits.wrench_duration_s;
+  };
+  $("#perturb-form [name=kind]").addEventListener("change", (event) => showKind(event.target.value));
+  showKind("wrench");
 
   button("#estop", "/api/estop", {}, () => "E-STOP sent: every actor holds the arm until re-armed");
   button("#rearm", "/api/rearm", {}, () => "re-armed");
