@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -19,6 +24,7 @@ from robot_sql.config import ConfigError, S, load_settings
 
 WORKSPACE = Path(os.environ.get("ROBOT_SQL_ROS_WS", Path(__file__).resolve().parent.parent / "ros_ws"))
 INSTALL = WORKSPACE / "install"
+SIM_PROFILE = WORKSPACE / "src" / "robot_sql_ros" / "config" / "sim.yaml"
 
 
 def workspace_built() -> bool:
@@ -140,3 +146,66 @@ def ros_arguments(params_file: str | None, ros_args: tuple[str, ...]) -> list[st
         at = args.index("--ros-args") + 1
         args[at:at] = ["--params-file", params_file]
     return args
+
+
+ROBOT_SQL = str(Path(sys.executable).parent / "robot-sql")
+
+
+def private_domain() -> int:
+    """A DDS domain for one test or benchmark run (Fast DDS allows 0..232), so parallel runs do not talk."""
+    return random.Random(f"{os.getpid()}-{time.time_ns()}").randrange(100, 232)
+
+
+def free_port_block(count: int) -> int:
+    """A base port with `count` consecutive free ports after it."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                sockets.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+class ChildProcesses:
+    """`robot-sql` commands as child processes on one ROS domain, logs in a folder; all of them
+    stopped on close, even after failures (tests and benchmarks)."""
+
+    def __init__(self, log_dir: Path, domain: int):
+        self.log_dir, self.domain = log_dir, domain
+        self.children: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                    "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "w") as log:
+            child = subprocess.Popen([ROBOT_SQL, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.children[name] = child
+        return child
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text()
+
+    def stop(self, name: str, sig=signal.SIGINT, timeout: float = 10.0) -> int | None:
+        child = self.children[name]
+        if child.poll() is None:
+            child.send_signal(sig)
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        return child.returncode
+
+    def close(self) -> None:
+        for name in list(self.children):
+            self.stop(name, timeout=5.0)

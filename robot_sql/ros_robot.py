@@ -55,7 +55,9 @@ class RosSawyer:
         self.state_period = 1.0 / joint_state_rate_hz
         self.JointCommand = JointCommand
         self.rejected = collections.Counter()  # "topic: why" -> messages dropped
-        self.latencies: collections.deque = collections.deque(maxlen=20000)  # state receipt -> command published (s)
+        # per velocity command: when it was published, and how long after the state it acts on arrived (s)
+        self.command_times: collections.deque = collections.deque(maxlen=100000)
+        self.latencies: collections.deque = collections.deque(maxlen=100000)
         self._changed = threading.Condition()
         self._q = self._dq = None
         self._joints_at = self._endpoint_at = -np.inf
@@ -169,7 +171,9 @@ class RosSawyer:
 
     def send_velocity(self, velocity) -> None:
         self._publish(self.JointCommand.VELOCITY_MODE, velocity=finite_joint_vector(velocity, "velocity command"))
-        self.latencies.append(time.monotonic() - self._tick_state_at)
+        now = time.monotonic()
+        self.command_times.append(now)
+        self.latencies.append(now - self._tick_state_at)
 
     def send_position(self, position) -> None:
         self._publish(self.JointCommand.POSITION_MODE, position=clip_position(position))

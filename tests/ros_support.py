@@ -1,24 +1,13 @@
 """Shared by the ROS 2 tests: separate processes on a private DDS domain, and an in-test probe node."""
 from __future__ import annotations
 
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
 from robot_sql.ros_env import workspace_built
 from tests.conftest import require
-
-REPO = Path(__file__).resolve().parent.parent
-ROBOT_SQL = str(Path(sys.executable).parent / "robot-sql")
-SIM_PROFILE = REPO / "ros_ws" / "src" / "robot_sql_ros" / "config" / "sim.yaml"
 
 
 def require_ros() -> None:
@@ -29,65 +18,6 @@ def require_ros() -> None:
         require_messages()
     except Exception as error:  # noqa: BLE001 - any failure here means "no ROS 2 on this machine"
         require(False, f"ROS 2 messages cannot be loaded: {error}")
-
-
-def private_domain() -> int:
-    """A DDS domain for this test run only (Fast DDS allows 0..232), so parallel runs do not talk."""
-    return random.Random(f"{os.getpid()}-{time.time_ns()}").randrange(100, 232)
-
-
-def free_port_block(count: int) -> int:
-    """A base port with `count` consecutive free ports after it."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free ports")
-
-
-class Processes:
-    """Child processes with logs in a folder; all of them killed on close, even after failures."""
-
-    def __init__(self, log_dir: Path, domain: int):
-        self.log_dir, self.domain = log_dir, domain
-        self.children: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                    "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")
-        child = subprocess.Popen([ROBOT_SQL, *args], env=self.env, cwd=REPO,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.children[name] = child
-        return child
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text()
-
-    def stop(self, name: str, sig=signal.SIGINT, timeout: float = 10.0) -> int | None:
-        child = self.children[name]
-        if child.poll() is None:
-            child.send_signal(sig)
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        return child.returncode
-
-    def close(self) -> None:
-        for name in list(self.children):
-            self.stop(name, timeout=5.0)
 
 
 class Probe:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from robot_sql.ros_env import INSTALL, workspace_env
-from tests.ros_support import ROBOT_SQL, SIM_PROFILE, Probe, private_domain, require_ros
+from robot_sql.ros_env import INSTALL, ROBOT_SQL, SIM_PROFILE, private_domain, workspace_env
+from tests.ros_support import Probe, require_ros
 
 
 @pytest.fixture(scope="module")

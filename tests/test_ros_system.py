@@ -12,7 +12,8 @@ import pytest
 
 from robot_sql import sawyer
 from robot_sql.ros_actor import ActorNodeSettings
-from tests.ros_support import SIM_PROFILE, Probe, Processes, free_port_block, private_domain, require_ros
+from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, free_port_block, private_domain
+from tests.ros_support import Probe, require_ros
 
 CONTROL_HZ = 20.0
 PERIOD = 1.0 / CONTROL_HZ
@@ -31,7 +32,7 @@ def system(tmp_path_factory):
     logs = tmp_path_factory.mktemp("ros_system")
     (logs / "learner.yaml").write_text(
         "env: SawyerReach-v0\nmin_replay: 64\npublish_every: 5\nutd_ratio: 0.25\nsql: {batch_size: 32}\n")
-    processes = Processes(logs, domain)
+    processes = ChildProcesses(logs, domain)
     probe = None
     try:
         processes.start("learner", "learner", "--run-dir", str(logs / "run"), "--config", str(logs / "learner.yaml"),

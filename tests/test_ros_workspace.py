@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from robot_sql.ros_env import INSTALL, WORKSPACE
-from tests.ros_support import private_domain, require_ros
+from robot_sql.ros_env import INSTALL, WORKSPACE, private_domain
+from tests.ros_support import require_ros
 
 PACKAGE = WORKSPACE / "src" / "robot_sql_ros"
 # names these launch files may use, all present in ROS 2 Humble's launch / launch_ros

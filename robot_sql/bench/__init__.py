@@ -4,6 +4,7 @@ from robot_sql.cli import LazyGroup
 import click
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "ros": ("robot_sql.bench.ros:bench_ros_command", "Actor node over ROS 2: joint-state-to-command latency, command rate and jitter."),
     "transport": ("robot_sql.bench.transport:bench_transport_command", "Learner ingest vs raw ZeroMQ, weight-push latency, replay memory."),
     "sim": ("robot_sql.sim.bench:bench_sim_command", "Sawyer env steps/s and real-time factor on one core."),
 }
