@@ -6,8 +6,10 @@ import stat
 import httpx
 import pytest
 import yaml
+import zmq.auth
 
 from robot_sql.panel.app import STATIC
+from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
 from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
 
@@ -155,16 +157,24 @@ def test_permissive_token_file_is_refused(tmp_path):
     assert "chmod 600" in (tmp_path / "out").read_text()
 
 
-def test_training_controls_drive_a_real_learner_and_start_relaunches_it(tmp_path):
+def test_training_controls_drive_a_real_curve_learner_and_start_relaunches_it(tmp_path):
+    """Over CURVE, as for a learner on another machine (the browser test covers plain loopback)."""
     run = RunDir.create(tmp_path / "run")
     port = free_port_block(3)
-    (tmp_path / "learner.yaml").write_text(yaml.safe_dump({"env": "MultiGoal-v0", "checkpoint_every_s": 600}))
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("learner", "panel"):
+        zmq.auth.create_certificates(keys, name)
+    (tmp_path / "learner.yaml").write_text(yaml.safe_dump({
+        "env": "MultiGoal-v0", "checkpoint_every_s": 600, "curve_secret_key": str(keys / "learner.key_secret")}))
     learner = start([ROBOT_SQL, "learner", "--run-dir", str(run.root), "--config", str(tmp_path / "learner.yaml"),
                      "--port", str(port)], tmp_path / "learner.out")
     panel_port = free_port()
     panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
                    "--learner-control", f"tcp://127.0.0.1:{port + 2}"], tmp_path / "panel.out",
-                  env={"ROBOT_SQL_PANEL_TOKEN": "test-token", "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.2"})
+                  env={"ROBOT_SQL_PANEL_TOKEN": "test-token", "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.2",
+                       "ROBOT_SQL_PANEL_CURVE_SECRET_KEY": str(keys / "panel.key_secret"),
+                       "ROBOT_SQL_PANEL_LEARNER_PUBLIC_KEY": str(keys / "learner.key")})
     relaunched = None
     try:
         base = f"http://127.0.0.1:{panel_port}"
@@ -176,6 +186,8 @@ def test_training_controls_drive_a_real_learner_and_start_relaunches_it(tmp_path
             return learner["status"]["state"] if learner["connected"] else None
 
         wait_for(lambda: learner_state() == "running", 60, "the learner to answer the panel")
+        with pytest.raises(ControlError, match="timeout"), ControlClient(f"tcp://127.0.0.1:{port + 2}", 0.5) as plain:
+            plain.call("status")  # without the keys nobody gets an answer
 
         assert client.post("/api/training/pause").json()["reply"] == {"paused": True}
         wait_for(lambda: learner_state() == "paused", 10, "the learner to report paused")

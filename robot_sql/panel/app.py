@@ -40,7 +40,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from robot_sql import perturbation, sawyer
@@ -92,6 +92,10 @@ class PanelSettings(Settings):
     poll_interval_s: float = Field(1.0, gt=0, le=10)
     # how long a control command (status, e-stop, ...) may take before the process counts as not answering
     control_timeout_s: float = Field(1.0, gt=0, le=30)
+    # CURVE towards a learner that has it on (a learner on another machine): the panel's own
+    # key pair (.key_secret, from `robot-sql keygen`) and the learner's public .key
+    curve_secret_key: Path | None = None
+    learner_public_key: Path | None = None
 
     @field_validator("learner_control")
     @classmethod
@@ -99,6 +103,15 @@ class PanelSettings(Settings):
         if address is not None:
             split_tcp(address)
         return address
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> "PanelSettings":
+        if (self.curve_secret_key is None) != (self.learner_public_key is None):
+            raise ValueError("curve_secret_key and learner_public_key go together")
+        for key in (self.curve_secret_key, self.learner_public_key):
+            if key is not None and not key.is_file():
+                raise ValueError(f"key file not found: {key}")
+        return self
 
     @field_validator("actor_control")
     @classmethod
@@ -210,10 +223,11 @@ class ProcessLink:
     last command was answered, recently.
     """
 
-    def __init__(self, name: str, address: str, timeout_s: float):
+    def __init__(self, name: str, address: str, timeout_s: float, curve_keys: tuple[Path | None, Path | None] = (None, None)):
         self.name = name
         self.address = address
         self.timeout_s = timeout_s
+        self.curve_keys = curve_keys  # (own secret key file, server's public key file)
         self.last_status: dict | None = None
         self.last_reply_time: float | None = None
         self.answering = False
@@ -221,7 +235,7 @@ class ProcessLink:
 
     def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
         try:
-            with ControlClient(self.address, timeout_s or self.timeout_s, sender="panel") as client:
+            with ControlClient(self.address, timeout_s or self.timeout_s, "panel", *self.curve_keys) as client:
                 reply = client.call(command, **arguments)
         except ControlError as error:
             answered = error.kind not in NO_ANSWER
@@ -260,7 +274,8 @@ class Fleet:
     def __init__(self, settings: PanelSettings):
         self.interval_s = settings.poll_interval_s
         timeout_s = settings.control_timeout_s
-        self.learner = ProcessLink("learner", settings.learner_control, timeout_s) if settings.learner_control else None
+        keys = (settings.curve_secret_key, settings.learner_public_key)
+        self.learner = ProcessLink("learner", settings.learner_control, timeout_s, keys) if settings.learner_control else None
         self.actors = [ProcessLink(f"actor-{i}", address, timeout_s) for i, address in enumerate(settings.actor_control)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="panel-poll", daemon=True)
