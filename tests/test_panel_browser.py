@@ -19,6 +19,7 @@ SMALL_SQL = {"hidden_sizes": [32, 32], "batch_size": 32, "kernel_particles": 8, 
 @pytest.fixture
 def simulated_run(tmp_path):
     """A panel and one unpaced actor on SawyerReach-v0; the learner is left for the panel's Start to launch."""
+    require(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
     run = RunDir.create(tmp_path / "run")
     learner_port, actor_control, panel_port = free_port_block(3), free_port(), free_port()
     (tmp_path / "learner.yaml").write_text(yaml.safe_dump({
@@ -48,7 +49,6 @@ def simulated_run(tmp_path):
 
 
 def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
-    require(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     api = simulated_run["api"]

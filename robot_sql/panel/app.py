@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -364,7 +365,8 @@ class ActorChoice(BaseModel):
     actor: str | None = None
 
 
-def create_app(settings: PanelSettings, token: str) -> FastAPI:
+def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], bool] = lambda: False) -> FastAPI:
+    """The panel application; `shutting_down()` tells open event streams to end (the server is stopping)."""
     run = RunDir.create(settings.run_dir)
     store = MetricsStore(run.metrics)
     fleet = Fleet(settings)
@@ -478,7 +480,7 @@ def create_app(settings: PanelSettings, token: str) -> FastAPI:
         async def updates():
             since = dict.fromkeys(CURVES, 0.0)
             after = 0
-            while not await request.is_disconnected():
+            while not shutting_down() and not await request.is_disconnected():
                 update = await asyncio.to_thread(collect, since, after)
                 if update["events"]:
                     after = update["events"][-1][0]
@@ -667,6 +669,8 @@ def panel_command(run_dir, port, host, learner_control, actor_control, learner_c
         click.echo(f"panel: serving {url} (token in {run.root / TOKEN_FILE}; log in at {url}?token=<token>)")
     if settings.host not in LOOPBACK_HOSTS:
         click.echo(f"panel: WARNING bound to {settings.host}: reachable from the network, without TLS", err=True)
-    config = uvicorn.Config(create_app(settings, token), host=settings.host, port=settings.port,
-                            log_level="warning", timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run()
+    # open event streams end once uvicorn has been told to exit (SIGINT/SIGTERM), so it stops cleanly
+    app = create_app(settings, token, shutting_down=lambda: server.should_exit)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    server.run()
