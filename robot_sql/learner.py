@@ -40,6 +40,7 @@ from robot_sql.train import check_box_spaces, make_sql_config
 
 SOURCE = "learner"
 VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
+ACTOR_SILENT_S = 5.0  # an actor not heard from for this long counts as gone (it pings every 0.5 s)
 log = logging.getLogger("robot_sql.learner")
 
 
@@ -160,7 +161,7 @@ class Learner:
                     self.control.send(item[1], item[2])
 
     def _receive_data(self) -> None:
-        acks: dict[bytes, tuple[list[bytes], str, list[int]]] = {}
+        acks: dict[tuple[bytes, str], tuple[list[bytes], list[int]]] = {}  # (peer, session) -> envelope, seqs
         stored = 0
         for _ in range(1000):  # drain what is queued, then one fsync covers the lot
             received = self.data.receive()
@@ -169,22 +170,21 @@ class Learner:
             envelope, message, frame = received
             session = message.body["session"]
             info = self.sessions.setdefault(session, {"sender": message.sender, "transitions": 0, "last_seen": 0.0})
-            if info["transitions"] == 0 and info["last_seen"] == 0.0:
-                self.metrics.event(SOURCE, "actor", f"actor {message.sender} (session {session}) connected")
-                log.info("actor %s (session %s) connected", message.sender, session)
+            if time.time() - info["last_seen"] > ACTOR_SILENT_S:
+                self._event("actor", f"actor {message.sender} (session {session}) connected")
             info["last_seen"] = time.time()
             if message.type == "transitions":
                 rows = self.store.append(message, frame)
                 info["transitions"] += rows
                 stored += rows
-                acks.setdefault(envelope[0], (envelope, session, []))[2].append(message.body["seq"])
+                acks.setdefault((envelope[0], session), (envelope, []))[1].append(message.body["seq"])
             elif message.type == "ping":
                 self.data.send(envelope, encode("pong", self.sender, weight_version=self.weight_version))
             else:  # stats
                 self.metrics.log(message.sender, self.agent.updates, message.body["values"])
         if acks:
             self.store.sync()  # acknowledged means durable
-            for envelope, session, seqs in acks.values():
+            for (_, session), (envelope, seqs) in acks.items():
                 self.data.send(envelope, encode("ack", self.sender, session=session, seqs=seqs))
         if stored:
             self.data_arrived.set()
@@ -292,6 +292,7 @@ class Learner:
                 self.update_rate = (self.agent.updates - updates_at_log) / elapsed
                 self.ingest_rate = (self.store.transitions_total - transitions_at_log) / elapsed
                 self._log_metrics({name: float(np.mean(values)) for name, values in losses.items()})
+                self._note_silent_actors()
                 losses.clear()
                 last_log, updates_at_log, transitions_at_log = now, self.agent.updates, self.store.transitions_total
         io_thread.join(timeout=5)
@@ -315,6 +316,13 @@ class Learner:
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
         self._event("checkpoint", f"checkpoint at {self.agent.updates} updates -> {self.checkpoint_path}")
 
+    def _note_silent_actors(self) -> None:
+        now = time.time()
+        for session, info in list(self.sessions.items()):
+            if not info.get("silent") and now - info["last_seen"] > ACTOR_SILENT_S:
+                self._event("actor", f"actor {info['sender']} (session {session}) silent for {ACTOR_SILENT_S:.0f} s")
+            info["silent"] = now - info["last_seen"] > ACTOR_SILENT_S
+
     def _log_metrics(self, losses: dict[str, float]) -> None:
         values = {
             "updates": self.agent.updates,
@@ -323,7 +331,7 @@ class Learner:
             "transitions_total": self.store.transitions_total,
             "replay_size": len(self.store),
             "weight_version": self.weight_version,
-            "actors_seen": sum(time.time() - info["last_seen"] < 5.0 for info in self.sessions.values()),
+            "actors_seen": sum(time.time() - info["last_seen"] < ACTOR_SILENT_S for info in self.sessions.values()),
             **losses,
         }
         for counter in self.counters():
