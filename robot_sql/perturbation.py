@@ -4,7 +4,9 @@ A test runs evaluation episodes and, partway into each, pushes the arm: either a
 link for a short time (simulator), or a displacement of the joints to a perturbed
 configuration (works on the real arm too: the robot moves there in position mode). Per trial
 it records whether the task still succeeded, how long the arm took to recover and the
-largest end-effector deviation. Reports are JSON files in the run directory's reports/.
+largest end-effector deviation. `run_trials` runs where the arm is (an actor, on its
+`perturb` command); `save_report` keeps the report as JSON in the run directory's reports/
+(the panel does, with the actor's answer).
 
 Each trial runs its episode twice from the same seed: once untouched (the reference) and
 once pushed. Measuring against the reference separates the push's effect from the policy's
@@ -22,8 +24,8 @@ the two runs differ by sensor noise as well (millimetres).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -32,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from robot_sql import sawyer
 from robot_sql.rundir import RunDir, atomic_write_bytes
 
-# The strongest perturbations any caller (panel, CLI, actor command) may ask for. A hand
+# The strongest perturbations any caller (the panel, an actor's perturb command) may ask for. A hand
 # push of 60 N is a firm shove for a 4 kg-payload arm; 0.5 rad (~29 deg) of joint-space
 # displacement stays well inside what the position-mode move and the joint limits allow.
 MAX_WRENCH_FORCE_N = 60.0
@@ -128,7 +130,8 @@ class Rollout:
     success: bool = False
     episode_return: float = 0.0
     push_step: int | None = None  # steps taken before the push
-    push_ends: float | None = None  # robot time since the episode start
+    push_time: float | None = None  # robot time since the episode start when the push came ...
+    push_ends: float | None = None  # ... and when it was over
 
 
 class PerturbationAborted(RuntimeError):
@@ -146,7 +149,7 @@ def rollout(env, policy, seed: int, spec: PerturbationSpec, pushed: bool, abort:
             robot.hold()
             raise PerturbationAborted(f"perturbation test aborted {robot.time - start:.2f} s into an episode")
         if pushed and record.push_step is None and robot.time - start >= spec.push_at_s:
-            record.push_step = len(record.times)
+            record.push_step, record.push_time = len(record.times), robot.time - start
             record.push_ends = push(robot, spec, np.random.default_rng(seed)) - start
         observation, reward, terminated, truncated, info = env.step(policy(observation))
         record.times.append(robot.time - start)
@@ -177,7 +180,7 @@ def run_trial(env, policy: Callable[[np.ndarray], np.ndarray], spec: Perturbatio
     recovered_at = next((t for t, deviation in zip(times, deviations)
                          if t >= perturbed.push_ends - 1e-9 and deviation <= tolerance), None)
     return TrialResult(
-        trial=trial, seed=seed, push_time_s=perturbed.times[perturbed.push_step - 1] if perturbed.push_step else 0.0,
+        trial=trial, seed=seed, push_time_s=perturbed.push_time,
         success=perturbed.success, reference_success=reference.success, recovered=recovered_at is not None,
         time_to_recover_s=None if recovered_at is None else round(max(recovered_at - perturbed.push_ends, 0.0), 6),
         max_deviation_m=max(deviations), episode_return=perturbed.episode_return, steps=len(perturbed.times),
