@@ -55,6 +55,7 @@ class ActorLink(threading.Thread):
         self.replies: queue.Queue = queue.Queue()  # (envelope, frame) from the loop
         self.new_policy: tuple[int, Sampler] | None = None  # newest weights, swapped in by the loop
         self.command_waiting = threading.Event()  # wakes a pacing loop early for e-stop
+        self.estop_waiting = threading.Event()  # ends a perturbation test early
         self.stopping = threading.Event()
         self.seq = 0
         self.unacked: collections.OrderedDict[int, list] = collections.OrderedDict()  # seq -> [frame, rows, last sent]
@@ -227,6 +228,8 @@ class ActorLink(threading.Thread):
             if command == "status":
                 control.send(envelope, encode("reply", self.name, result=self.status(message.body["args"].get("unacked_seqs") is True)))
             elif command in CONTROL_COMMANDS:  # the loop owns the env: it runs these between steps
+                if command == "estop":
+                    self.estop_waiting.set()
                 self.commands.put((command, message.body["args"], envelope))
                 self.command_waiting.set()
             else:
@@ -261,6 +264,7 @@ class Actor:
         self.link = ActorLink(settings, self.name, self.obs_dim, self.act_dim, self.status)
         self.estopped = False
         self.holding = False
+        self.perturbing = False
         self.steps = self.episodes = 0
         self.episode_return, self.episode_length = 0.0, 0
         self.periods: collections.deque = collections.deque(maxlen=1000)
@@ -338,6 +342,7 @@ class Actor:
         while not self.link.commands.empty():
             command, args, envelope = self.link.commands.get_nowait()
             if command == "estop":
+                self.link.estop_waiting.clear()
                 self.estopped = True
                 self._hold()
                 self.link.reply(envelope, {"estopped": True})
@@ -352,15 +357,23 @@ class Actor:
                 self._perturb(args, envelope)
 
     def _perturb(self, spec: dict, envelope: list[bytes]) -> None:
-        try:
-            from robot_sql.perturbation import run_trials
+        """Perturbation trials (robot_sql.perturbation) in place of training steps; an e-stop ends them."""
+        if self.estopped:
+            self.link.reply(envelope, error=("estopped", "rearm before a perturbation test"))
+            return
+        from robot_sql.perturbation import run_trials
 
-            report = run_trials(self.env, self.act, spec)
+        self.perturbing = True
+        log.info("%s: perturbation test %s", self.name, spec)
+        try:
+            report = run_trials(self.env, self.act, spec, reseed=self.generator.manual_seed, abort=self.link.estop_waiting.is_set)
         except Exception as error:  # a bad spec or a failed trial is the caller's answer, not our crash
-            log.warning("%s: perturbation trials failed: %s", self.name, error)
+            log.warning("%s: perturbation test failed: %s", self.name, error)
             self.link.reply(envelope, error=("perturb_failed", f"{type(error).__name__}: {error}"))
         else:
-            self.link.reply(envelope, report if isinstance(report, dict) else {"report": report})
+            self.link.reply(envelope, report)
+        finally:
+            self.perturbing = False
         self._reset()
 
     def act(self, observation: np.ndarray) -> np.ndarray:
@@ -382,6 +395,7 @@ class Actor:
         return {
             "name": self.name, "session": link.session, "connected": link.connected,
             "weight_version": self.policy_version, "estopped": self.estopped, "holding": self.holding,
+            "perturbing": self.perturbing,
             "steps": self.steps, "episodes": self.episodes,
             "unacked_transitions": link.unacked_rows, "acked_transitions": link.acked_rows,
             "dropped_transitions": link.dropped_rows, "last_seq": link.seq,

@@ -1,0 +1,78 @@
+"""The actor loop in-process on the MuJoCo Sawyer, driven over its real control channel (no learner)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import gymnasium
+import numpy as np
+import pytest
+
+import robot_sql  # noqa: F401  (registers the environments)
+from robot_sql.actor import Actor
+from robot_sql.protocol import ControlClient, ControlError
+from robot_sql.service_settings import ActorSettings
+from tests.panel_support import free_port, wait_for
+
+
+def start_actor(env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:
+    control = f"tcp://127.0.0.1:{free_port()}"
+    values = {"learner": f"127.0.0.1:{free_port()}", "env": env_id, "name": "arm", "control_bind": control,
+              "control_rate_hz": 20.0, **settings}
+    actor = Actor(gymnasium.make(env_id), ActorSettings(**values))
+    thread = threading.Thread(target=actor.run, daemon=True)
+    thread.start()
+    return actor, thread, ControlClient(control, timeout_s=5.0)
+
+
+def stop_actor(actor: Actor, thread: threading.Thread, client: ControlClient) -> None:
+    client.close()
+    actor.link.stopping.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def steps_in(client: ControlClient, seconds: float) -> int:
+    before = client.call("status")["steps"]
+    time.sleep(seconds)
+    return client.call("status")["steps"] - before
+
+
+def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
+    actor, thread, client = start_actor("SawyerReach-v0")
+    try:
+        wait_for(lambda: client.call("status")["steps"] >= 5, 20, "the actor to step without a learner")
+        assert client.call("status")["connected"] is False
+        assert client.call("estop") == {"estopped": True}
+        status = client.call("status")
+        assert status["estopped"] and status["holding"]
+        assert steps_in(client, 0.5) == 0  # the policy no longer steps
+        assert client.call("rearm") == {"estopped": False}
+        assert steps_in(client, 0.5) >= 5
+        assert "episodes" in client.call("reset_episode")
+        with pytest.raises(ControlError) as error:  # routed to the perturbation module, which checks the spec
+            client.call("perturb", kind="wrench", magnitude=1000.0)
+        assert error.value.kind == "perturb_failed" and "exceeds the limit" in error.value.detail
+        report = client.call("perturb", timeout_s=60, kind="wrench", magnitude=20.0, trials=1, push_at_s=0.2)
+        assert len(report["trials"]) == 1 and report["spec"]["magnitude"] == 20.0
+        with pytest.raises(ControlError) as error:
+            client.call("self_destruct")
+        assert error.value.kind == "unknown_command"
+        client.call("estop")
+    finally:
+        stop_actor(actor, thread, client)
+    # the last thing the actor did was hold(): with physics running on, the arm stays where it was
+    robot = actor.env.unwrapped.robot
+    before = robot.joint_positions()
+    robot.advance(0.2)
+    assert np.abs(robot.joint_positions() - before).max() < 0.01
+
+
+def test_hold_on_link_loss_holds_until_a_learner_answers():
+    actor, thread, client = start_actor("MultiGoal-v0", on_link_loss="hold")
+    try:
+        status = wait_for(lambda: (s := client.call("status"))["holding"] and s, 10, "the actor to hold")
+        assert status["steps"] == 0 and status["connected"] is False
+        assert steps_in(client, 0.3) == 0
+    finally:
+        stop_actor(actor, thread, client)
