@@ -53,6 +53,7 @@ function processState(status) {
   if (!status) return "–";
   if (status.estopped) return status.holding ? "E-STOPPED, holding" : "E-STOPPED";
   if (status.holding) return "holding";
+  if (status.perturbing) return "perturbation test";
   return status.state || "running";
 }
 
