@@ -32,7 +32,8 @@ import torch
 import zmq
 
 from robot_sql.config import ConfigError, load_settings
-from robot_sql.protocol import ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client
+from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client,
+                                secure_server, start_authenticator)
 from robot_sql.safety import GuardedRobot, guard_sawyer
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
@@ -80,13 +81,18 @@ class ActorLink(threading.Thread):
             secure_client(socket, *keys)
             socket.connect(address)  # returns at once; ZeroMQ connects (and reconnects) in the background
         self.weights.setsockopt(zmq.SUBSCRIBE, b"")
-        self.control = None
+        self.control = self.authenticator = None
         if self.settings.control_bind:
             socket = self.context.socket(zmq.ROUTER)
             socket.linger = 0
+            if self.settings.curve_secret_key is not None:  # the panel's link is encrypted with the actor's own keys
+                self.authenticator = start_authenticator(self.context, self.settings.curve_clients_dir)
+                secure_server(socket, self.settings.curve_secret_key)
             try:
                 socket.bind(self.settings.control_bind)
             except zmq.ZMQError as error:
+                if self.authenticator is not None:
+                    self.authenticator.stop()
                 self.context.destroy(linger=0)
                 raise ConfigError(f"cannot bind the actor control channel to {self.settings.control_bind}: {error}") from error
             self.control = RouterEndpoint(socket, "actor-control", self.name, {"request"})
@@ -101,6 +107,8 @@ class ActorLink(threading.Thread):
         except Exception:  # the loop goes on without a learner (it sees connected=False); say why
             log.exception("%s: the network thread failed", self.name)
         finally:
+            if self.authenticator is not None:
+                self.authenticator.stop()
             self.context.destroy(linger=0)
 
     def _serve(self) -> None:

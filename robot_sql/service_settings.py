@@ -61,8 +61,9 @@ class ActorSettings(Settings):
     control_bind: str = "tcp://127.0.0.1:5560"  # the panel's channel to this actor ("" = none)
     max_steps: int | None = Field(None, ge=1)  # stop after this many environment steps
     seed: int = 0
-    curve_secret_key: Path | None = None  # the actor's .key_secret file
+    curve_secret_key: Path | None = None  # the actor's .key_secret file (also secures its control channel)
     curve_server_key: Path | None = None  # the learner's public .key file
+    curve_clients_dir: Path | None = None  # public keys allowed on the control channel; None = any key holder
 
     @model_validator(mode="after")
     def _check(self) -> "ActorSettings":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -254,3 +255,37 @@ def test_ten_thousand_malformed_frames_on_every_learner_socket_are_counted_and_t
     updates = end["updates"]
     wait_for(lambda: service.learner_status()["updates"] >= updates + 30, 60, "training to go on")
     assert service.actor_status("actor-0")["connected"]
+
+
+def test_curve_keys_let_the_right_actor_in_and_keep_others_out(service):
+    keys = service.root / "keys"
+    for name in ("learner", "actor", "intruder"):
+        subprocess.run([ROBOT_SQL, "keygen", "--out", str(keys / name), "--name", name], check=True, capture_output=True)
+    service.learner(curve_secret_key=str(keys / "learner" / "learner.key_secret"), curve_clients_dir=str(keys / "actor"))
+    server_key = str(keys / "learner" / "learner.key")
+    service.actor("keyed", curve_secret_key=str(keys / "actor" / "actor.key_secret"), curve_server_key=server_key)
+    service.actor("intruder", curve_secret_key=str(keys / "intruder" / "intruder.key_secret"), curve_server_key=server_key)
+    service.actor("plain")
+    actor_keys = {"keyed": keys / "actor" / "actor.key", "intruder": keys / "intruder" / "intruder.key"}
+
+    def status(name: str) -> dict:
+        """Actors with keys secure their own control channel too; any key pair may talk to it."""
+        keys_of_panel = (keys / "intruder" / "intruder.key_secret", actor_keys[name]) if name in actor_keys else (None, None)
+        try:
+            return ControlClient(service.actor_controls[name], 1.0, "panel", *keys_of_panel).call("status")
+        except ControlError:  # not up yet
+            return {}
+
+    started = time.monotonic()
+    wait_for(lambda: (s := status("keyed")).get("connected") and s["weight_version"] > 0 and s["acked_transitions"] > 0,
+             60, "the keyed actor to connect through CURVE")
+    with pytest.raises(ControlError):  # a plain client gets no answer from a CURVE control channel
+        ControlClient(service.actor_controls["keyed"], 0.5).call("status")
+    wait_for(lambda: all(status(name).get("steps", 0) > 0 for name in ("intruder", "plain")), 30, "the other actors to run")
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # time enough for a handshake that should fail
+    for name in ("intruder", "plain"):
+        assert status(name)["connected"] is False and status(name)["weight_version"] == 0
+        assert status(name)["acked_transitions"] == 0
+    learner_status = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", 2.0, secret_key_file=keys / "actor" / "actor.key_secret",
+                                   server_key_file=server_key).call("status")
+    assert [actor["sender"] for actor in learner_status["actors"].values()] == ["keyed"]
