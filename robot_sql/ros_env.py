@@ -185,10 +185,10 @@ class ChildProcesses:
         self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                     "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, niceness: int = 0) -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", "w") as log:
             child = subprocess.Popen([ROBOT_SQL, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
         self.children[name] = child
         return child
 
