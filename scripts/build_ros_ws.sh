@@ -16,7 +16,7 @@ PY="$VENV/bin/python"
 
 tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 pyver=$("$PY" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
-root="/opt/python/$tag-$tag"
+root="${WHEEL_PYTHON_ROOT:-/opt/python}/$tag-$tag"  # the folder the wheels were built in (tests point it elsewhere)
 python_include_link="$root/include/$pyver"
 numpy_include_link="$root/lib/$pyver/site-packages/numpy/_core/include"
 python_include=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
