@@ -39,6 +39,8 @@ class ReplayStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.obs_dim, self.act_dim, self.max_batch_rows, self.segment_bytes = obs_dim, act_dim, max_batch_rows, segment_bytes
         self.buffer = ReplayBuffer(obs_dim, act_dim, capacity)
+        for array in self.buffer.arrays.values():  # take the memory now: no page faults while ingesting, no late OOM
+            array.fill(0.0)
         self.seen: dict[str, set[int]] = {}  # session -> sequence numbers stored
         self.transitions_total = 0  # ever stored, including those the ring buffer has dropped
         self.lock = threading.Lock()  # buffer writes (I/O thread) vs sampling (training thread)
