@@ -146,6 +146,26 @@ def test_estop_stops_motion_within_one_control_period_plus_transport(system):
     probe.wait_for(lambda: len(probe.velocity_commands(rearmed)) > 3, 30, "velocity commands after rearming")
 
 
+def test_estop_through_the_actor_control_channel_holds_within_a_period(system):
+    processes, probe, control = system
+    probe.wait_for(lambda: len(probe.velocity_commands(time.monotonic() - 0.2)) > 0, 30, "the node commanding")
+    transport = probe.transport_delay()
+    sent = time.monotonic()
+    assert control.call("estop") == {"estopped": True}
+    probe.wait_for(lambda: any(t > sent and m.mode == m.POSITION_MODE for t, m in list(probe.commands)), 2,
+                   "the node's hold command")
+    held_at = next(t for t, m in list(probe.commands) if t > sent and m.mode == m.POSITION_MODE)
+    time.sleep(0.3)
+    print(f"control-channel e-stop: hold command after {1000 * (held_at - sent):.1f} ms")
+    assert not probe.velocity_commands(held_at)
+    # the loop takes the command at its next tick: one period, plus the link thread's 5 ms poll
+    # and 10 ms for scheduling on a loaded machine
+    assert held_at - sent <= PERIOD + 0.005 + transport + 0.01
+    assert control.call("rearm", timeout_s=30) == {"estopped": False}  # answers once the episode reset is done
+    rearmed = time.monotonic()
+    probe.wait_for(lambda: len(probe.velocity_commands(rearmed)) > 3, 30, "velocity commands after rearming")
+
+
 def test_node_stops_commanding_when_joint_states_stop(system):
     processes, probe, control = system
     probe.wait_for(lambda: len(probe.velocity_commands(time.monotonic() - 0.2)) > 0, 30, "the node commanding")
