@@ -146,7 +146,8 @@ def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_throug
 def test_an_actor_started_before_the_learner_runs_then_connects(service):
     service.actor("early")
     alone = wait_for(lambda: (s := service.actor_status("early")) and s["steps"] >= 50 and s, 30, "the actor to run alone")
-    assert alone["connected"] is False and alone["weight_version"] == 0 and alone["unacked_transitions"] >= 50
+    assert alone["connected"] is False and alone["weight_version"] == 0
+    assert alone["unacked_transitions"] >= alone["steps"] - 5  # all kept (the newest few wait to fill a batch)
     service.learner()
     joined = wait_for(lambda: (s := service.actor_status("early", unacked_seqs=True))["weight_version"] > 0
                       and s["connected"] and s["acked_transitions"] >= alone["steps"] and s, 60, "the actor to connect")
