@@ -76,3 +76,28 @@ def test_hold_on_link_loss_holds_until_a_learner_answers():
         assert steps_in(client, 0.3) == 0
     finally:
         stop_actor(actor, thread, client)
+
+
+def test_unpaced_actor_runs_flat_out_and_stops_after_max_steps():
+    settings = ActorSettings(learner=f"127.0.0.1:{free_port()}", env="MultiGoal-v0", control_bind="", paced=False,
+                             control_rate_hz=10.0, max_steps=3000)
+    actor = Actor(gymnasium.make("MultiGoal-v0"), settings)
+    started = time.monotonic()
+    actor.run()  # returns by itself; at 10 Hz paced this would take 5 minutes
+    assert actor.steps == 3000 and time.monotonic() - started < 30
+    assert not actor.link.is_alive()
+
+
+def test_settings_come_from_yaml_then_environment_then_flags(tmp_path, monkeypatch):
+    from robot_sql.config import load_settings
+    from robot_sql.service_settings import LearnerSettings
+
+    config = tmp_path / "learner.yaml"
+    config.write_text("utd_ratio: 0.5\nport: 6000\nsql: {reward_scale: 0.1}\n")
+    monkeypatch.setenv("ROBOT_SQL_LEARNER_PORT", "7000")
+    monkeypatch.setenv("ROBOT_SQL_ACTOR_ON_LINK_LOSS", "hold")
+    learner = load_settings(LearnerSettings, config)
+    assert (learner.utd_ratio, learner.port, learner.sql, learner.host) == (0.5, 7000, {"reward_scale": 0.1}, "127.0.0.1")
+    assert load_settings(LearnerSettings, config, port=8000).port == 8000
+    actor = load_settings(ActorSettings)
+    assert actor.on_link_loss == "hold" and actor.control_bind.startswith("tcp://127.0.0.1:")

@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, decode, encode
 from robot_sql.replay_store import ReplayStore
+from robot_sql.rundir import MetricsStore
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import evaluate
 from tests.panel_support import ROBOT_SQL, free_port, free_port_block, start, stop, wait_for
@@ -153,6 +154,39 @@ def test_an_actor_started_before_the_learner_runs_then_connects(service):
                       and s["connected"] and s["acked_transitions"] >= alone["steps"] and s, 60, "the actor to connect")
     assert 1 in acked_seqs(joined)  # transitions from before the learner existed were kept and delivered
     assert joined["loop_period"]["max_since_start_s"] < 0.3
+
+
+def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
+    learner = service.learner(checkpoint_every_s=600)
+    service.actor("actor-0")
+    control = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", timeout_s=10.0)
+    wait_for(lambda: (service.learner_status() or {}).get("updates", 0) >= 20, 90, "training to start")
+    assert control.call("pause") == {"paused": True}
+    time.sleep(0.2)  # an update in progress finishes
+    paused_at = control.call("status")
+    time.sleep(1.0)
+    status = control.call("status")
+    assert status["state"] == "paused" and status["updates"] == paused_at["updates"]
+    assert status["transitions_total"] > paused_at["transitions_total"]  # still taking data while paused
+    assert control.call("resume") == {"paused": False}
+    wait_for(lambda: control.call("status")["updates"] > paused_at["updates"], 30, "training to resume")
+    checkpoint = Path(control.call("checkpoint")["path"])
+    assert checkpoint == service.run_dir / "checkpoints" / "learner.pt" and checkpoint.stat().st_size > 0
+    with pytest.raises(ControlError) as error:
+        control.call("format_disk")
+    assert error.value.kind == "unknown_command"
+    assert control.call("stop") == {"stopping": True}
+    assert learner.wait(30) == 0
+    events = [kind for _, _, _, kind, _ in MetricsStore(service.run_dir / "metrics.sqlite").events()]
+    assert {"start", "pause", "resume", "checkpoint", "stop", "stopped"} <= set(events)
+
+
+def test_sigterm_stops_the_learner_cleanly_with_a_final_checkpoint(service):
+    learner = service.learner()
+    wait_for(service.learner_status, 60, "the learner to answer")
+    os.killpg(learner.pid, signal.SIGTERM)
+    assert learner.wait(30) == 0
+    assert (service.run_dir / "checkpoints" / "learner.pt").is_file()
 
 
 # ---- malformed frames ------------------------------------------------------------------------------
