@@ -15,7 +15,6 @@ It commands no motion. Each check prints PASS or FAIL with the numbers; the exit
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from robot_sql import sawyer
 
 MIN_RATE_FRACTION = 0.8  # a topic must arrive at >= 80 % of its nominal rate
+DISCOVERY_TIMEOUT_S = 5.0  # wait this long for the first joint state before measuring rates
 
 
 @dataclass
@@ -56,6 +56,12 @@ class Listener:
     def rate(self, key: str, since: float) -> float:
         arrivals = [t for t in self.arrivals[key] if t >= since]
         return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 2 else 0.0
+
+    def wait_for_first(self, key: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.arrivals[key] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return bool(self.arrivals[key])
 
     def wait_for_state(self, condition, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -139,18 +145,15 @@ def estop_checks(node, listener: Listener, timeout: float) -> list[Check]:
 
 def run_preflight(params_file: str | None, listen_s: float, estop_check: bool, ros_args: tuple[str, ...]) -> list[Check]:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
     from robot_sql.config import ConfigError
     from robot_sql.ros_actor import NODE_NAME, ActorNodeSettings
-    from robot_sql.ros_env import declare_settings, ros_arguments
+    from robot_sql.ros_env import Spinner, declare_settings, ros_arguments
 
     rclpy.init(args=["robot-sql", *ros_arguments(params_file, ros_args)])
     # named as the actor node, so its section of the parameter file applies here
-    node = rclpy.create_node(NODE_NAME)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = Spinner(rclpy.create_node(NODE_NAME))
+    node = spinner.node
     try:
         checks: list[Check] = []
         try:
@@ -159,6 +162,7 @@ def run_preflight(params_file: str | None, listen_s: float, estop_check: bool, r
         except ConfigError as error:
             return [Check("parameters", False, str(error))]
         listener = Listener(node)
+        listener.wait_for_first("joint_states", DISCOVERY_TIMEOUT_S)  # discovery takes a moment
         since = time.monotonic()
         time.sleep(listen_s)
         checks += topic_checks(listener, since, settings.joint_state_rate_hz)
@@ -167,9 +171,7 @@ def run_preflight(params_file: str | None, listen_s: float, estop_check: bool, r
             checks += estop_checks(node, listener, timeout=2.0)
         return checks
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        spinner.close()
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]})

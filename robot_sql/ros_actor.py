@@ -204,10 +204,9 @@ def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
     """Run the node until SIGINT/SIGTERM (or for `stop_after` s); `argv` may carry ROS arguments."""
     import rclpy
     import torch
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from robot_sql.ros_env import declare_settings
+    from robot_sql.ros_env import Spinner, declare_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(1)  # a small policy: threads only cost latency
@@ -215,12 +214,9 @@ def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
     # wakes on a joint state, it should get the GIL within a fraction of a millisecond, not 5 ms
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)  # our handlers stop the loop first
-    node = rclpy.create_node(NODE_NAME)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name="ros-executor", daemon=True)
+    spinner = Spinner(rclpy.create_node(NODE_NAME))
     try:
-        actor_node = ActorNode(node, declare_settings(node, ActorNodeSettings))
+        actor_node = ActorNode(spinner.node, declare_settings(spinner.node, ActorNodeSettings))
         stopping = actor_node.actor.link.stopping
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stopping.set())
@@ -228,7 +224,6 @@ def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
             timer = threading.Timer(stop_after, stopping.set)
             timer.daemon = True
             timer.start()
-        spinner.start()
         actor_node.run()
         actor_node.robot.hold()
         latencies = np.asarray(actor_node.ros_robot.latencies or [np.nan]) * 1000
@@ -236,9 +231,7 @@ def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
                  "dropped messages %s", actor_node.actor.name, actor_node.actor.steps, np.percentile(latencies, 50),
                  np.percentile(latencies, 99), actor_node.robot.counts, dict(actor_node.ros_robot.rejected))
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        spinner.close()
     return actor_node
 
 

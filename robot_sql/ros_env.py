@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,3 +210,26 @@ class ChildProcesses:
     def close(self) -> None:
         for name in list(self.children):
             self.stop(name, timeout=5.0)
+
+
+class Spinner:
+    """Runs an rclpy executor for `node` in a daemon thread (callbacks only store what arrives;
+    the caller's thread does the work). `close()` stops that thread before the node and the
+    context go away: destroying a node its executor is still waiting on can abort the process."""
+
+    def __init__(self, node, context=None):
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node, self.context = node, context
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, name="ros-executor", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.thread.join(timeout=5.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

@@ -1,12 +1,11 @@
 """Shared by the ROS 2 tests: separate processes on a private DDS domain, and an in-test probe node."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
-from robot_sql.ros_env import workspace_built
+from robot_sql.ros_env import Spinner, workspace_built
 from tests.conftest import require
 
 
@@ -28,7 +27,6 @@ class Probe:
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from intera_core_msgs.msg import EndpointState, JointCommand
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool
 
@@ -47,10 +45,7 @@ class Probe:
         self.endpoint_pub = self.node.create_publisher(EndpointState, "/robot/limb/right/endpoint_state", 10)
         self.PoseStamped, self.Bool, self.JointState, self.EndpointState = PoseStamped, Bool, JointState, EndpointState
         self.JointCommand = JointCommand
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(self.node, self.context)
 
     def _on_joints(self, message) -> None:
         names = list(message.name)
@@ -93,8 +88,4 @@ class Probe:
         return [(t, m) for t, m in list(self.commands) if t >= since and m.mode == self.JointCommand.VELOCITY_MODE]
 
     def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.spinner.close()
