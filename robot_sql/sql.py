@@ -238,7 +238,7 @@ class SoftQLearning:
         """
         obs, actions, rewards, next_obs, terminals = self._check_batch(batch)
         metrics = self._update_q(obs, actions, rewards, next_obs, terminals)
-        metrics.update(self._update_sampler(obs))
+        metrics.update(self.update_sampler(obs))
         self.updates += 1
         self._update_target()
         return metrics
@@ -267,7 +267,8 @@ class SoftQLearning:
             "q_grad_norm": q_grad_norm,
         }
 
-    def _update_sampler(self, obs: Tensor) -> dict[str, float]:
+    def update_sampler(self, obs: Tensor) -> dict[str, float]:
+        """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]."""
         c = self.config
         batch_size = obs.shape[0]
         obs_k = obs.unsqueeze(1).expand(batch_size, c.kernel_particles, c.obs_dim)  # [B, K, S]
@@ -376,6 +377,25 @@ class SoftQLearning:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> "SoftQLearning":
         return cls.from_state_dict(load_checkpoint(path), device=device)
+
+
+def save_policy(sampler: Sampler, path: str | Path) -> None:
+    """A policy-only checkpoint (what `load_policy` and the actors need)."""
+    buffer = io.BytesIO()
+    config = {"obs_dim": sampler.obs_dim, "act_dim": sampler.act_dim, "hidden_sizes": list(sampler.hidden_sizes)}
+    torch.save({"config": config, "sampler": sampler.state_dict()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_policy(path: str | Path) -> Sampler:
+    """The sampler of an agent checkpoint or of a policy-only checkpoint, on CPU."""
+    state = load_checkpoint(path)
+    if "sampler" not in state or "config" not in state:
+        raise ValueError(f"{path} is not an agent or policy checkpoint (no 'sampler'/'config')")
+    config = state["config"]
+    sampler = Sampler(config["obs_dim"], config["act_dim"], tuple(config["hidden_sizes"]))
+    sampler.load_state_dict(state["sampler"])
+    return sampler
 
 
 def load_checkpoint(path: str | Path) -> dict:

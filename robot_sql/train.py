@@ -16,6 +16,7 @@ from typing import Any
 import click
 import gymnasium
 import numpy as np
+import torch
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from tqdm import tqdm
 import robot_sql  # noqa: F401  (registers the environments)
 from robot_sql.config import ConfigError, Settings, dump_settings, load_settings
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import SoftQLearning, SQLConfig, load_checkpoint
+from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, load_checkpoint, load_policy
 
 # Short names for the command line.
 ENV_ALIASES = {
@@ -41,9 +42,9 @@ ENV_ALIASES = {
 POINT_MASS = {"reward_scale": 0.1, "kernel_particles": 32, "value_particles": 16, "batch_size": 64, "hidden_sizes": (128, 128)}
 SQL_PRESETS: dict[str, dict[str, Any]] = {
     "MultiGoal-v0": POINT_MASS,
-    "PointLineX-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
-    "PointLineY-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
-    "PointCorner-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
+    "PointLineX-v0": {**POINT_MASS, "reward_scale": 3.0, "discount": 0.9},
+    "PointLineY-v0": {**POINT_MASS, "reward_scale": 3.0, "discount": 0.9},
+    "PointCorner-v0": {**POINT_MASS, "reward_scale": 3.0, "discount": 0.9},
     "PointRun-v0": {**POINT_MASS, "reward_scale": 1.0, "discount": 0.9},
     "PointSingleGoal-v0": {**POINT_MASS, "reward_scale": 1.0},
 }
@@ -177,8 +178,9 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
     return result
 
 
-def evaluate(agent: SoftQLearning, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
+def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
     """Roll out the stochastic policy; success is the env's info["success"] at the episode's end."""
+    torch.manual_seed(seed)  # a bare Sampler draws its noise from torch's global generator
     env = gymnasium.make(env_id)
     returns, successes, trajectories = [], [], []
     goal_counts = None
@@ -189,7 +191,7 @@ def evaluate(agent: SoftQLearning, env_id: str, episodes: int, seed: int) -> dic
         obs, _ = env.reset(seed=seed + episode)
         path, total, done, info = [obs.copy()], 0.0, False, {}
         while not done:
-            obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+            obs, reward, terminated, truncated, info = env.step(policy.act(obs))
             path.append(obs.copy())
             total += reward
             done = terminated or truncated
@@ -249,12 +251,12 @@ def train_command(env, seed, steps, out, config_path, init, anneal_reward_scale_
 @click.option("--seed", type=int, default=10_000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def eval_command(checkpoint, env_name, episodes, seed, out):
-    """Evaluate an agent checkpoint; writes OUT/eval.json (and a trajectory plot for 2-D tasks)."""
+    """Evaluate an agent or policy checkpoint; writes OUT/eval.json (and a trajectory plot for 2-D tasks)."""
     env_id = resolve_env_id(env_name)
     try:
-        agent = SoftQLearning.load(checkpoint)
-    except FileNotFoundError as error:
+        policy = load_policy(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from error
-    result = evaluate(agent, env_id, episodes, seed)
+    result = evaluate(policy, env_id, episodes, seed)
     write_eval(result, out, env_id)
     click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} goal_counts={result['goal_counts']} -> {out}")

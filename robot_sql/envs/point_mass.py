@@ -89,7 +89,7 @@ class ReachTargetEnv(PointMassEnv):
     """
 
     action_cost = 0.1
-    tolerance = 0.5
+    tolerance = 1.0  # as MultiGoal's goal radius
 
     def distance(self, position) -> float:
         raise NotImplementedError
@@ -123,7 +123,7 @@ class CornerEnv(ReachTargetEnv):
         return abs(float(position[0]) - 4.0) + abs(float(position[1]) - 4.0)
 
     def is_success(self, position) -> bool:
-        return bool(np.all(np.abs(np.asarray(position) - 4.0) < self.tolerance))
+        return float(np.linalg.norm(np.asarray(position) - 4.0)) < self.tolerance
 
 
 class RunEnv(PointMassEnv):
