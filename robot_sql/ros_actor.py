@@ -23,7 +23,6 @@ import logging
 import signal
 import sys
 import threading
-from typing import Literal
 
 import click
 import gymnasium
@@ -43,6 +42,7 @@ log = logging.getLogger("robot_sql.actor_node")
 ESTOP_TOPIC = "/robot_sql/estop"
 NODE_NAME = "robot_sql_actor"
 SWITCH_INTERVAL_S = 0.0005
+RESET_TO_ENABLE_S = 0.2  # rearm: from /robot/set_super_reset to /robot/set_super_enable
 
 
 def _node_actor_defaults() -> ActorSettings:
@@ -55,8 +55,9 @@ class ActorNodeSettings(Settings):
 
     model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_ACTOR_NODE_", env_nested_delimiter="__", extra="forbid")
 
-    task: Literal["reach", "lego"] = "reach"  # tolerances of SawyerReach-v0 or SawyerLegoStack-v0
-    actor: ActorSettings = Field(default_factory=_node_actor_defaults)  # learner, control channel, control rate
+    # learner, control channel, control rate; actor.env names the task (SawyerReach-v0 or
+    # SawyerLegoStack-v0): its tolerances and reward are used here, its sizes by the learner
+    actor: ActorSettings = Field(default_factory=_node_actor_defaults)
     speed_fraction: float = Field(0.3, gt=0, le=1.0)  # safety cap: fraction of the joint velocity limits
     velocity_fraction: float = Field(0.3, gt=0, le=1.0)  # action scale, as in the simulator's envs
     workspace_low: list[float] = list(SAWYER_WORKSPACE[0])  # end-effector box in base (m)
@@ -85,13 +86,24 @@ class ActorNodeSettings(Settings):
             raise ValueError("actor.paced must be false: the node's steps are paced by the robot's joint states")
         if self.actor.control_rate_hz <= 1.0 / sawyer.COMMAND_TIMEOUT_S:
             raise ValueError(f"actor.control_rate_hz must exceed {1.0 / sawyer.COMMAND_TIMEOUT_S} Hz (the command timeout)")
+        pose_task(self.actor.env)
         return self
 
 
-def pose_task(name: str) -> PoseTask:
-    from robot_sql.sim.envs import SawyerLegoStackEnv, SawyerReachEnv
+def pose_task(env_id: str) -> PoseTask:
+    """The task of a Sawyer pose env (tolerances, reward), scored here as the simulator scores it."""
+    import robot_sql  # noqa: F401  (registers the envs)
+    from gymnasium.envs.registration import load_env_creator
 
-    return {"reach": SawyerReachEnv.task, "lego": SawyerLegoStackEnv.task}[name]
+    from robot_sql.sim.envs import SawyerPoseEnv
+
+    try:
+        env_class = load_env_creator(gymnasium.spec(env_id).entry_point)
+    except gymnasium.error.Error as error:
+        raise ValueError(f"actor.env: {error}") from None
+    if not (isinstance(env_class, type) and issubclass(env_class, SawyerPoseEnv)):
+        raise ValueError(f"actor.env must be a Sawyer pose task (SawyerReach-v0, SawyerLegoStack-v0), got {env_id!r}")
+    return env_class.task
 
 
 class RobotPoseEnv(gymnasium.Env):
@@ -161,7 +173,7 @@ class ActorNode:
         self.ros_robot = RosSawyer(node, settings.workspace_low, settings.workspace_high, settings.stale_after_s,
                                    settings.joint_state_rate_hz)
         self.robot = GuardedRobot(self.ros_robot, SafetyFilter(limits), SawyerKinematics())
-        self.env = RobotPoseEnv(self.robot, pose_task(settings.task), settings.actor.control_rate_hz,
+        self.env = RobotPoseEnv(self.robot, pose_task(settings.actor.env), settings.actor.control_rate_hz,
                                 settings.velocity_fraction, settings.episode_seconds, settings.start_pose,
                                 settings.reset_timeout_s)
         self.actor = Actor(self.env, settings.actor)
@@ -180,14 +192,26 @@ class ActorNode:
                 self.super_stop_pub.publish(self.Empty())
             log.warning("E-STOP from %s: holding", ESTOP_TOPIC)
             link.commands.put(("estop", {}, []))  # [] : nobody to answer
-        else:
-            if self.settings.forward_estop:
-                self.super_reset_pub.publish(self.Empty())
+            link.command_waiting.set()
+        elif self.settings.forward_estop:
+            # Intera takes enable only once the stop is cleared, and two topics keep no order
+            # between them: reset now, enable a moment later, then resume
+            self.super_reset_pub.publish(self.Empty())
+
+            def enable_and_rearm():
+                self.node.destroy_timer(timer)
                 self.super_enable_pub.publish(self.Bool(data=True))
-            self.robot.rearm()
-            log.info("rearmed from %s", ESTOP_TOPIC)
-            link.commands.put(("rearm", {}, []))
-        link.command_waiting.set()
+                self._rearm()
+
+            timer = self.node.create_timer(RESET_TO_ENABLE_S, enable_and_rearm)
+        else:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        self.robot.rearm()
+        log.info("rearmed from %s", ESTOP_TOPIC)
+        self.actor.link.commands.put(("rearm", {}, []))
+        self.actor.link.command_waiting.set()
 
     def run(self) -> None:
         if not self.ros_robot.wait_for_state(self.settings.startup_timeout_s):

@@ -140,10 +140,13 @@ def test_estop_stops_motion_within_one_control_period_plus_transport(system):
     # the arm: stopped within one control period + transport, plus the servo's braking time
     assert still_at - sent <= PERIOD + transport + 0.1
     assert status(control)["estopped"] is True
-    # rearm: the node commands velocity again
+    # rearm: the robot is enabled again (reset, then enable) and the arm moves under the node's commands
     probe.estop_pub.publish(probe.Bool(data=False))
     rearmed = time.monotonic()
     probe.wait_for(lambda: len(probe.velocity_commands(rearmed)) > 3, 30, "velocity commands after rearming")
+    hand = probe.endpoints[-1][1]
+    probe.wait_for(lambda: np.linalg.norm(probe.endpoints[-1][1] - hand) > 0.005, 10, "the arm moving after rearming")
+    assert "enable refused" not in processes.log("driver")
 
 
 def test_estop_through_the_actor_control_channel_holds_within_a_period(system):

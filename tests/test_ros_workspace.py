@@ -89,7 +89,7 @@ def test_parameter_profiles_load_through_rclpy(profile):
         actor = declare_settings(rclpy.create_node(NODE_NAME, context=context), ActorNodeSettings)
         if profile == "real_sawyer.yaml":
             assert actor.speed_fraction <= 0.2 and actor.actor.on_link_loss == "hold"
-            assert actor.task == "lego" and actor.actor.env == "SawyerLegoStack-v0"
+            assert actor.actor.env == "SawyerLegoStack-v0"
         else:
             driver = declare_settings(rclpy.create_node("sawyer_sim", context=context), SimRobotSettings)
             assert driver.publish_rate_hz == 100.0 and actor.actor.env == "SawyerReach-v0"
@@ -111,6 +111,7 @@ def test_bad_parameter_file_is_a_clear_error(tmp_path):
         "workspace_low: [0, 0, 0]": "lists of decimals as floats",  # integers where doubles are declared
         "speed_fraction: 1.5": "speed_fraction",
         "actor:\n      paced: true": "paced must be false",
+        "actor:\n      env: MultiGoal-v0": "must be a Sawyer pose task",
     }
     for line, message in cases.items():
         bad.write_text(f"{NODE_NAME}:\n  ros__parameters:\n    {line}\n")
