@@ -32,6 +32,7 @@ from robot_sql import sawyer
 from robot_sql.config import Settings
 from robot_sql.perturbation import MAX_WRENCH_DURATION_S, MAX_WRENCH_FORCE_N
 from robot_sql.robot import finite_joint_vector
+from robot_sql.sim.scenes import brick_grip_opening, build_model
 
 log = logging.getLogger("robot_sql.sim_robot")
 
@@ -78,13 +79,12 @@ class SimRobotNode:
         from std_srvs.srv import Trigger
 
         from robot_sql.sim.sawyer import MujocoSawyer
-        from robot_sql.sim.scenes import build_model
 
         self.node, self.settings = node, settings
         self.robot = MujocoSawyer(build_model(settings.scene), speed_ratio=settings.speed_ratio,
                                   command_timeout=settings.command_timeout_s)
         self.start_pose = np.asarray(settings.start_pose, dtype=np.float64)
-        self.robot.reset(self.start_pose)
+        self.reset_scene()
         self.enabled, self.stopped = settings.start_enabled, False
         self.rejected_commands = 0
         self._dofs = np.array([self.robot.model.joint(n).dofadr[0] for n in sawyer.JOINT_NAMES])
@@ -195,8 +195,14 @@ class SimRobotNode:
         log.info("sim-robot: stop cleared; enable to move")
 
     # ---- simulator-only services ---------------------------------------------------------
-    def on_sim_reset(self, _request, response):
+    def reset_scene(self) -> None:
+        """The arm at rest in the start pose; in the Lego scene, the gripper closed on the held brick."""
         self.robot.reset(self.start_pose)
+        if self.settings.scene == "lego":
+            self.robot.set_gripper(brick_grip_opening())
+
+    def on_sim_reset(self, _request, response):
+        self.reset_scene()
         self._anchor()
         response.success, response.message = True, "arm at rest in the start pose"
         log.info("sim-robot: scene reset")
