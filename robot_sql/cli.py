@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compose": ("robot_sql.compose:compose_command", "Compose trained agents by summing their Q-functions (no new env steps)."),
     "panel": ("robot_sql.panel.app:panel_command", "Web panel of a run: live curves, controls, e-stop, perturbation tests."),
     "render": ("robot_sql.sim.render:render_command", "Render a Sawyer env headless: PNG of a frame, GIF/MP4 of an episode."),
+    "dry-run": ("robot_sql.dry_run:dry_run_command", "Whole service on simulated Sawyers on loopback: learner, actors, panel."),
     "bench": ("robot_sql.bench:bench_group", "Speed benchmarks (robot-sql bench NAME), results as JSON."),
 }
 
