@@ -1,11 +1,12 @@
 # Set-up is part of each target: `make dry-run` and `make test` work on a fresh machine.
+# Options of the dry run: make dry-run ARGS="--actors 2" (or ARGS="--ros" after `make ros_ws`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: dry-run test setup ros_ws
 dry-run: setup
-	$(BIN)/robot-sql dry-run
+	$(BIN)/robot-sql dry-run $(ARGS)
 
 test: setup ros_ws
 	$(BIN)/python -m pytest -ra
