@@ -43,6 +43,7 @@ ESTOP_TOPIC = "/robot_sql/estop"
 NODE_NAME = "robot_sql_actor"
 SWITCH_INTERVAL_S = 0.0005
 RESET_TO_ENABLE_S = 0.2  # rearm: from /robot/set_super_reset to /robot/set_super_enable
+OUTAGE_WAIT_S = 1.0  # no fresh robot state: one env step waits this long for it (and holds)
 
 
 def _node_actor_defaults() -> ActorSettings:
@@ -141,11 +142,15 @@ class RobotPoseEnv(gymnasium.Env):
         decision = self.robot.send_velocity(action_to_velocity(action, self.velocity_fraction))
         self.robot.advance(1.0 / self.control_hz)
         self._steps += 1
+        outage = self.robot.state_age() > self.robot.safety.limits.stale_after
+        if outage:  # the robot went quiet: hold, and wait for it here rather than record stale steps
+            self.robot.hold()
+            self.robot.wait_for_fresh_state(OUTAGE_WAIT_S)
         hand, target = self.robot.ee_pose(), self.target()
         reward = self.task.reward(hand, target)
         reached = self.robot.target() is not None and self.task.within_tolerance(hand, target)
         succeeded = self.success.update(reached, 1.0 / self.control_hz)
-        truncated = self._steps >= self.max_steps and not succeeded
+        truncated = (self._steps >= self.max_steps or outage) and not succeeded  # after an outage: a fresh episode
         position_error, orientation_error = self.task.errors(hand, target)
         info = {"position_error": position_error, "orientation_error": orientation_error,
                 "is_success": succeeded, "safety": decision.reason}

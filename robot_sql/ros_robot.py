@@ -130,6 +130,11 @@ class RosSawyer:
             return self._changed.wait_for(lambda: self._q is not None and self._endpoint is not None,
                                           max(0.0, deadline - time.monotonic()))
 
+    def wait_for_fresh_state(self, timeout: float) -> bool:
+        """Block until joint and endpoint states are both younger than `stale_after` (or timeout)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.state_age() <= self.stale_after, timeout)
+
     def state_age(self) -> float:
         """Seconds since the older of the last joint state and the last endpoint state."""
         return time.monotonic() - min(self._joints_at, self._endpoint_at)
