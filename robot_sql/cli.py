@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("robot_sql.protocol:keygen_command", "Write a CURVE key pair for encrypted, authenticated service links."),
     "train": ("robot_sql.train:train_command", "Train SQL on an environment in one process (2-D tasks, Sawyer envs)."),
     "eval": ("robot_sql.train:eval_command", "Evaluate an agent checkpoint; writes eval.json."),
+    "finetune-report": ("robot_sql.finetune:finetune_report_command", "Fine-tuning from a pretrained max-entropy policy vs from scratch (report + plot)."),
     "compose": ("robot_sql.compose:compose_command", "Compose trained agents by summing their Q-functions (no new env steps)."),
     "panel": ("robot_sql.panel.app:panel_command", "Web panel of a run: live curves, controls, e-stop, perturbation tests."),
     "render": ("robot_sql.sim.render:render_command", "Render a Sawyer env headless: PNG of a frame, GIF/MP4 of an episode."),

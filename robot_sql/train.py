@@ -74,6 +74,8 @@ class TrainSettings(Settings):
     replay_capacity: int = Field(1_000_000, ge=1)
     eval_episodes: int = Field(100, ge=1)
     log_every: int = Field(500, ge=1, description="steps between metrics.jsonl rows")
+    eval_every: int | None = Field(None, ge=1, description="steps between evaluations logged as eval_success_rate")
+    eval_every_episodes: int = Field(20, ge=1)
     sql: dict[str, Any] = Field(default_factory=dict, description="SQLConfig overrides on top of the env preset")
     anneal_reward_scale_to: float | None = Field(
         None, gt=0, description="fine-tuning: anneal reward_scale log-linearly to this value (paper sec. 5)"
@@ -110,6 +112,8 @@ def check_box_spaces(env: gymnasium.Env, env_id: str) -> None:
 def reward_scale_at(step: int, start: float, end: float, steps: int) -> float:
     """Log-linear interpolation from `start` to `end` over `steps` (alpha annealing of the paper)."""
     fraction = min(step / steps, 1.0)
+    if fraction == 1.0:
+        return end
     return math.exp((1 - fraction) * math.log(start) + fraction * math.log(end))
 
 
@@ -154,7 +158,8 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
                 for _ in range(settings.updates_per_step):
                     last_metrics = agent.update(replay.sample(agent.config.batch_size, rng))
 
-            if step % settings.log_every == 0 or step == settings.steps:
+            evaluate_now = settings.eval_every is not None and step % settings.eval_every == 0
+            if evaluate_now or step % settings.log_every == 0 or step == settings.steps:
                 recent = slice(-20, None)
                 row = {
                     "step": step,
@@ -166,6 +171,9 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
                     "reward_scale": agent.config.reward_scale,
                     **last_metrics,
                 }
+                if evaluate_now:
+                    periodic = evaluate(agent, env_id, settings.eval_every_episodes, seed=settings.seed + 20_000 + step)
+                    row["eval_success_rate"] = periodic["success_rate"]
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(ret=row["episode_return"], q_loss=last_metrics.get("q_loss"))
