@@ -54,7 +54,7 @@ class ActorLink(threading.Thread):
         self.stats_outbox: collections.deque = collections.deque(maxlen=100)
         self.commands: queue.Queue = queue.Queue()  # (command, args, envelope) for the loop
         self.replies: queue.Queue = queue.Queue()  # (envelope, frame) from the loop
-        self.new_policy: tuple[int, Sampler] | None = None  # newest weights, swapped in by the loop
+        self.new_policy: tuple[str, int, Sampler] | None = None  # newest (run, version, policy), swapped in by the loop
         self.command_waiting = threading.Event()  # wakes a pacing loop early for e-stop
         self.estop_waiting = threading.Event()  # ends a perturbation test early
         self.stopping = threading.Event()
@@ -62,6 +62,7 @@ class ActorLink(threading.Thread):
         self.unacked: collections.OrderedDict[int, list] = collections.OrderedDict()  # seq -> [frame, rows, last sent]
         self.unacked_rows = self.dropped_rows = self.acked_rows = 0
         self.weight_version = 0
+        self.learner_run: str | None = None  # a new run (another run directory) starts its versions again
         self.last_heard = -float("inf")
         self.errors = RejectCounter("learner-replies")  # bad frames from the learner's side
         self._open_sockets()
@@ -104,7 +105,7 @@ class ActorLink(threading.Thread):
     def run(self) -> None:
         try:
             self._serve()
-        except Exception:  # the loop goes on without a learner (it sees connected=False); say why
+        except Exception:  # the loop sees this thread gone, holds the arm and stops
             log.exception("%s: the network thread failed", self.name)
         finally:
             if self.authenticator is not None:
@@ -214,7 +215,8 @@ class ActorLink(threading.Thread):
             return
         try:
             message = decode(frame, {"weights"})
-            if message.body["version"] <= self.weight_version:
+            run, version = message.body["run"], message.body["version"]
+            if run == self.learner_run and version <= self.weight_version:
                 self.last_heard = time.monotonic()
                 return
             policy = Sampler(self.obs_dim, self.act_dim, tuple(message.body["hidden_sizes"]))
@@ -226,8 +228,10 @@ class ActorLink(threading.Thread):
             self.errors.reject(error)
             return
         self.last_heard = time.monotonic()
-        self.weight_version = message.body["version"]
-        self.new_policy = (self.weight_version, policy)
+        if run != self.learner_run:
+            log.info("%s: weights from learner run %s", self.name, run)
+        self.learner_run, self.weight_version = run, version
+        self.new_policy = (run, version, policy)
 
     def _receive_control(self, control: RouterEndpoint) -> None:
         while (received := control.receive()) is not None:
@@ -268,6 +272,7 @@ class Actor:
         torch.manual_seed(settings.seed)
         self.policy = Sampler(self.obs_dim, self.act_dim)  # random, until the learner's weights arrive
         self.policy_version = 0
+        self.applied_policy: tuple | None = None
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.link = ActorLink(settings, self.name, self.obs_dim, self.act_dim, self.status)
         self.estopped = False
@@ -289,6 +294,9 @@ class Actor:
         next_tick = last_start = time.monotonic()
         last_stats, steps_at_stats = last_start, 0
         while not self.link.stopping.is_set():
+            if not self.link.is_alive():  # no e-stop channel any more: hold the arm and give up, loudly
+                self._hold()
+                raise RuntimeError(f"{self.name}: the network thread died; holding the arm and stopping")
             start = time.monotonic()
             if self.steps > 0:
                 self.periods.append(start - last_start)
@@ -296,8 +304,9 @@ class Actor:
             last_start = start
             self._run_commands()
             newest = self.link.new_policy  # one read: the link thread may replace it at any time
-            if newest is not None and newest[0] > self.policy_version:  # swap weights between control steps
-                self.policy_version, self.policy = newest
+            if newest is not self.applied_policy:  # swap weights between control steps
+                self.applied_policy = newest
+                _, self.policy_version, self.policy = newest
             hold = self.estopped or (self.settings.on_link_loss == "hold" and not self.link.connected)
             if hold:
                 self._hold()

@@ -21,6 +21,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import click
@@ -45,18 +46,23 @@ log = logging.getLogger("robot_sql.learner")
 
 
 class WeightVersions:
-    """Strictly increasing weight versions across restarts: a block is reserved on disk before use."""
+    """Strictly increasing weight versions across restarts: a block is reserved on disk before use.
+
+    The run id beside them tells actors when a different run directory is being served (whose
+    versions start again from 1).
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.current = json.loads(path.read_text())["reserved"] if path.exists() else 0
+        saved = json.loads(path.read_text()) if path.exists() else {"run": uuid.uuid4().hex[:12], "reserved": 0}
+        self.run, self.current = saved["run"], saved["reserved"]
         self.reserved = self.current
 
     def next(self) -> int:
         self.current += 1
         if self.current > self.reserved:
             self.reserved = self.current + VERSION_BLOCK
-            atomic_write_bytes(self.path, json.dumps({"reserved": self.reserved}).encode())
+            atomic_write_bytes(self.path, json.dumps({"run": self.run, "reserved": self.reserved}).encode())
         return self.current
 
 
@@ -305,7 +311,8 @@ class Learner:
 
     def publish(self) -> None:
         version = self.versions.next()
-        frame = encode("weights", self.sender, version=version, hidden_sizes=list(self.agent.config.hidden_sizes),
+        frame = encode("weights", self.sender, run=self.versions.run, version=version,
+                       hidden_sizes=list(self.agent.config.hidden_sizes),
                        weights=self.agent.policy_weights())
         self.weight_version = version
         self.outbox.put(("publish", frame))

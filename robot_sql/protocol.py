@@ -158,7 +158,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "ping": {"session": _text},
     "pong": {"weight_version": _integer},
     "stats": {"session": _text, "values": _numbers},
-    "weights": {"version": _integer, "hidden_sizes": _integers, "weights": _arrays},
+    "weights": {"run": _text, "version": _integer, "hidden_sizes": _integers, "weights": _arrays},
     "request": {"command": _text, "args": _plain},
     "reply": {"result": _plain},
     "error": {"kind": _text, "detail": _text},

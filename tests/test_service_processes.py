@@ -37,11 +37,11 @@ class Service:
         self.processes = []
         self.actor_controls: dict[str, str] = {}
 
-    def learner(self, **settings):
+    def learner(self, run_dir: Path | None = None, **settings):
         values = {"port": self.port, "torch_threads": 1, "min_replay": 100, "publish_every": 10, **settings}
         config = self.root / "learner.yaml"
         config.write_text(yaml.safe_dump(values))
-        process = start([ROBOT_SQL, "learner", "--run-dir", str(self.run_dir), "--config", str(config)],
+        process = start([ROBOT_SQL, "learner", "--run-dir", str(run_dir or self.run_dir), "--config", str(config)],
                         self.root / f"learner-{len(self.processes)}.log")
         self.processes.append(process)
         return process
@@ -181,12 +181,17 @@ def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
     assert {"start", "pause", "resume", "checkpoint", "stop", "stopped"} <= set(events)
 
 
-def test_sigterm_stops_the_learner_cleanly_with_a_final_checkpoint(service):
-    learner = service.learner()
-    wait_for(service.learner_status, 60, "the learner to answer")
+def test_sigterm_stops_the_learner_cleanly_and_actors_follow_a_new_run(service):
+    learner = service.learner(publish_every=2)
+    service.actor("actor-0")
+    first = wait_for(lambda: (s := service.actor_status("actor-0")) and s["weight_version"] >= 20 and s, 60,
+                     "weights from the first run")
     os.killpg(learner.pid, signal.SIGTERM)
     assert learner.wait(30) == 0
     assert (service.run_dir / "checkpoints" / "learner.pt").is_file()
+    service.learner(run_dir=service.root / "another-run")  # versions start again from 1 in a new run directory
+    wait_for(lambda: (s := service.actor_status("actor-0"))["connected"] and s["weight_version"] < first["weight_version"],
+             60, "the actor to take the new run's weights")
 
 
 # ---- malformed frames ------------------------------------------------------------------------------
@@ -236,7 +241,7 @@ def malformed_frames(count: int, max_frame_bytes: int) -> list[bytes]:
     frames += [rng.bytes(int(n)) for n in rng.integers(0, 300, share)]
     frames += [good[: int(n)] for n in rng.integers(0, len(good), share)]  # truncated msgpack
     huge = [b"\xc6\xff\xff\xff\xff", b"\xdd\x7f\xff\xff\xff", b"\xdf\x7f\xff\xff\xff", b"\xdb\xff\xff\xff\xf0",
-            msgpack.packb({"type": "weights", "v": 1, "sender": "f", "version": 1, "hidden_sizes": [1],
+            msgpack.packb({"type": "weights", "v": 1, "sender": "f", "run": "r", "version": 1, "hidden_sizes": [1],
                            "weights": {"w": {"dtype": "<f4", "shape": [2 ** 30, 2 ** 30], "data": b""}}})]
     frames += [huge[i % len(huge)] + rng.bytes(int(i % 7)) for i in range(share - 3)] + [b"\x00" * (max_frame_bytes + 1)] * 3
     frames += [encode("transitions", "fuzz", session="fuzz", seq=int(i), batch={

@@ -49,7 +49,7 @@ def array(dtype="<f4", shape=(2,), data=None) -> dict:
 
 
 def weights_frame(weights: dict, version=1) -> bytes:
-    return msgpack.packb({"type": "weights", "v": PROTOCOL_VERSION, "sender": "x", "version": version,
+    return msgpack.packb({"type": "weights", "v": PROTOCOL_VERSION, "sender": "x", "run": "r", "version": version,
                           "hidden_sizes": [4], "weights": weights})
 
 

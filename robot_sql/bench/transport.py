@@ -207,9 +207,10 @@ def measure_weight_push(pushes: int) -> dict:
         for _ in range(pushes + 5):
             version += 1
             started = time.perf_counter()
-            publisher.send(encode("weights", "bench", version=version, hidden_sizes=list(hidden), weights=weights))
+            publisher.send(encode("weights", "bench", run="bench", version=version, hidden_sizes=list(hidden),
+                                  weights=weights))
             deadline = started + 5.0
-            while link.new_policy is None or link.new_policy[0] != version:
+            while link.new_policy is None or link.new_policy[1] != version:
                 if time.perf_counter() > deadline:
                     raise click.ClickException(f"weights version {version} did not arrive within 5 s")
                 time.sleep(0.0001)
@@ -218,7 +219,8 @@ def measure_weight_push(pushes: int) -> dict:
         link.stopping.set()
         link.join()
         milliseconds = 1000 * np.asarray(latencies[5:])  # the first few warm up allocators
-        frame_bytes = len(encode("weights", "bench", version=version, hidden_sizes=list(hidden), weights=weights))
+        frame_bytes = len(encode("weights", "bench", run="bench", version=version, hidden_sizes=list(hidden),
+                                 weights=weights))
         results[name] = {"frame_bytes": frame_bytes, "p50_ms": round(float(np.percentile(milliseconds, 50)), 3),
                          "p99_ms": round(float(np.percentile(milliseconds, 99)), 3),
                          "max_ms": round(float(milliseconds.max()), 3)}
