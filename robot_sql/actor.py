@@ -239,16 +239,22 @@ class ActorLink(threading.Thread):
             command = message.body["command"]
             if command == "status":
                 control.send(envelope, encode("reply", self.name, result=self.status(message.body["args"].get("unacked_seqs") is True)))
-            elif command in CONTROL_COMMANDS:  # the loop owns the env: it runs these between steps
-                if command == "estop":
-                    self.estop_waiting.set()
-                self.commands.put((command, message.body["args"], envelope))
-                self.command_waiting.set()
+            elif command in CONTROL_COMMANDS:
+                self.enqueue(command, message.body["args"], envelope)
             else:
                 control.send(envelope, encode("error", self.name, kind="unknown_command",
                                               detail=f"commands: {', '.join(CONTROL_COMMANDS)}"))
 
-    def reply(self, envelope: list[bytes], result: dict | None = None, error: tuple[str, str] | None = None) -> None:
+    def enqueue(self, command: str, args: dict, envelope: list[bytes] | None = None) -> None:
+        """Hand a command to the loop, which owns the env and runs it between steps (answers `envelope` if given)."""
+        if command == "estop":
+            self.estop_waiting.set()
+        self.commands.put((command, args, envelope))
+        self.command_waiting.set()
+
+    def reply(self, envelope: list[bytes] | None, result: dict | None = None, error: tuple[str, str] | None = None) -> None:
+        if not envelope or self.control is None:  # a command from inside the process: nobody to answer
+            return
         frame = (encode("error", self.name, kind=error[0], detail=error[1][:200]) if error
                  else encode("reply", self.name, result=result))
         self.replies.put((envelope, frame))
@@ -423,6 +429,12 @@ class Actor:
             "recent_success": float(np.mean(list(self.recent_successes))) if self.recent_successes else None,
             "learner_errors": {k: n for k, n in link.errors.rejected.items() if n},
         }
+
+    def request(self, command: str, **args: Any) -> None:
+        """A control command from inside the process (e.g. the ROS node's e-stop topic); no reply."""
+        if command not in CONTROL_COMMANDS:
+            raise ValueError(f"unknown command {command!r}; commands: {', '.join(CONTROL_COMMANDS)}")
+        self.link.enqueue(command, args)
 
     def stop(self) -> None:
         self.link.stopping.set()

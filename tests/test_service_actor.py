@@ -50,6 +50,10 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
         assert client.call("rearm") == {"estopped": False}
         assert steps_in(client, 0.5) >= 5
         assert "episodes" in client.call("reset_episode")
+        actor.request("estop")  # from inside the process, as the ROS node's e-stop topic does
+        wait_for(lambda: client.call("status")["holding"], 5, "an in-process e-stop")
+        actor.request("rearm")
+        wait_for(lambda: not client.call("status")["holding"], 5, "an in-process rearm")
         with pytest.raises(ControlError) as error:  # routed to the perturbation module, which checks the spec
             client.call("perturb", kind="wrench", magnitude=1000.0)
         assert error.value.kind == "perturb_failed" and "exceeds the limit" in error.value.detail
@@ -82,6 +86,9 @@ def test_unpaced_actor_runs_flat_out_and_stops_after_max_steps():
     settings = ActorSettings(learner=f"127.0.0.1:{free_port()}", env="MultiGoal-v0", control_bind="", paced=False,
                              control_rate_hz=10.0, max_steps=3000)
     actor = Actor(gymnasium.make("MultiGoal-v0"), settings)
+    actor.request("reset_episode")  # no control channel: nobody to answer, and nothing breaks
+    with pytest.raises(ValueError, match="unknown command"):
+        actor.request("launch")
     started = time.monotonic()
     actor.run()  # returns by itself; at 10 Hz paced this would take 5 minutes
     assert actor.steps == 3000 and time.monotonic() - started < 30
