@@ -190,14 +190,12 @@ class ActorNode:
 
     def on_estop(self, message) -> None:
         """Executor thread: hold now (not at the next tick), then tell the loop."""
-        link = self.actor.link
         if message.data:
             self.robot.estop()
             if self.settings.forward_estop:
                 self.super_stop_pub.publish(self.Empty())
             log.warning("E-STOP from %s: holding", ESTOP_TOPIC)
-            link.commands.put(("estop", {}, []))  # [] : nobody to answer
-            link.command_waiting.set()
+            self.actor.request("estop")
         elif self.settings.forward_estop:
             # Intera takes enable only once the stop is cleared, and two topics keep no order
             # between them: reset now, enable a moment later, then resume
@@ -215,8 +213,7 @@ class ActorNode:
     def _rearm(self) -> None:
         self.robot.rearm()
         log.info("rearmed from %s", ESTOP_TOPIC)
-        self.actor.link.commands.put(("rearm", {}, []))
-        self.actor.link.command_waiting.set()
+        self.actor.request("rearm")
 
     def run(self) -> None:
         if not self.ros_robot.wait_for_state(self.settings.startup_timeout_s):
