@@ -15,10 +15,13 @@ the real controller. Simulator-only services:
                /sim/reset                           std_srvs/Trigger: arm at rest in the start pose
                /sim/apply_wrench                    robot_sql_msgs/ApplyWrench: push a link
 The physics runs in real time: each 100 Hz tick integrates the wall time that has passed.
+In the Lego scene it also publishes the task's target on /robot_sql/target_pose (1 Hz), the
+hand pose that seats the held brick on the fixed one, standing in for the real cell's perception.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Literal
 
@@ -32,7 +35,9 @@ from robot_sql import sawyer
 from robot_sql.config import Settings
 from robot_sql.perturbation import MAX_WRENCH_DURATION_S, MAX_WRENCH_FORCE_N
 from robot_sql.robot import finite_joint_vector
-from robot_sql.sim.scenes import brick_grip_opening, build_model
+from robot_sql.ros_robot import TOPICS
+from robot_sql.sim.scenes import brick_grip_opening, build_model, table_height
+from robot_sql.tasks import lego
 
 log = logging.getLogger("robot_sql.sim_robot")
 
@@ -50,11 +55,22 @@ class SimRobotSettings(Settings):
     speed_ratio: float = Field(sawyer.DEFAULT_SPEED_RATIO, gt=0, le=1.0)
     start_pose: list[float] = Field(default_factory=lambda: sawyer.named_pose("neutral").tolist())
     start_enabled: bool = True
+    # Lego scene: the fixed brick on the table (x, y in m, yaw in rad), and how often the
+    # driver publishes the hand pose that seats the held brick on it as the target (0: never)
+    brick_pose: list[float] = [0.62, 0.12, math.pi / 2]
+    target_rate_hz: float = Field(1.0, ge=0)
 
     @field_validator("start_pose")
     @classmethod
     def _seven_finite_angles(cls, pose: list[float]) -> list[float]:
         return finite_joint_vector(pose, "start_pose").tolist()
+
+    @field_validator("brick_pose")
+    @classmethod
+    def _x_y_yaw(cls, pose: list[float]) -> list[float]:
+        if len(pose) != 3 or not all(math.isfinite(value) for value in pose):
+            raise ValueError(f"brick_pose needs 3 finite values (x, y in m, yaw in rad), got {pose}")
+        return pose
 
 
 def command_vector(names, values, what: str) -> np.ndarray:
@@ -72,6 +88,7 @@ def command_vector(names, values, what: str) -> np.ndarray:
 
 class SimRobotNode:
     def __init__(self, node, settings: SimRobotSettings):
+        from geometry_msgs.msg import PoseStamped
         from intera_core_msgs.msg import EndpointState, JointCommand, RobotAssemblyState
         from robot_sql_msgs.srv import ApplyWrench
         from sensor_msgs.msg import JointState
@@ -106,6 +123,10 @@ class SimRobotNode:
         node.create_service(Trigger, "/sim/reset", self.on_sim_reset)
         node.create_service(ApplyWrench, "/sim/apply_wrench", self.on_apply_wrench)
         node.create_timer(1.0 / settings.publish_rate_hz, self.tick)
+        if settings.scene == "lego" and settings.target_rate_hz > 0:
+            self.PoseStamped = PoseStamped
+            self.target_pub = node.create_publisher(PoseStamped, TOPICS["target_pose"], 10)
+            node.create_timer(1.0 / settings.target_rate_hz, self.publish_target)
         log.info("sim-robot: scene %s, %s, publishing at %.0f Hz",
                  settings.scene, "enabled" if self.enabled else "disabled", settings.publish_rate_hz)
 
@@ -196,10 +217,27 @@ class SimRobotNode:
 
     # ---- simulator-only services ---------------------------------------------------------
     def reset_scene(self) -> None:
-        """The arm at rest in the start pose; in the Lego scene, the gripper closed on the held brick."""
+        """The arm at rest in the start pose; in the Lego scene, the gripper closed on the held
+        brick and the fixed brick where the settings put it."""
         self.robot.reset(self.start_pose)
         if self.settings.scene == "lego":
             self.robot.set_gripper(brick_grip_opening())
+            x, y, yaw = self.settings.brick_pose
+            brick = self.robot.model.body("fixed_brick")
+            brick.pos, brick.quat = lego.fixed_brick_pose(x, y, yaw, table_height(self.robot.model))
+            mujoco.mj_forward(self.robot.model, self.robot.data)
+
+    def publish_target(self) -> None:
+        """Sim only: the Lego task's target, as a perception system would publish it for the real arm."""
+        brick = self.robot.model.body("fixed_brick")
+        position, quat = lego.seated_hand_pose((brick.pos.copy(), brick.quat.copy()))
+        message = self.PoseStamped()
+        message.header.stamp = self.node.get_clock().now().to_msg()
+        message.header.frame_id = sawyer.BASE_FRAME
+        message.pose.position.x, message.pose.position.y, message.pose.position.z = position.tolist()
+        o = message.pose.orientation
+        o.w, o.x, o.y, o.z = quat.tolist()
+        self.target_pub.publish(message)
 
     def on_sim_reset(self, _request, response):
         self.reset_scene()

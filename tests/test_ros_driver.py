@@ -159,3 +159,29 @@ def test_sim_services_push_the_arm_and_reset_the_scene(sim):
     assert deviation > 0.002, f"a 40 N push moved the hand by only {deviation * 1000:.2f} mm"
     reset(probe)
     np.testing.assert_allclose(q_now(probe), NEUTRAL, atol=1e-3)
+
+
+def test_lego_scene_publishes_the_seating_pose_as_target(tmp_path):
+    require_ros()
+    from robot_sql.sim.scenes import build_model, table_height
+    from robot_sql.tasks import lego
+
+    domain = private_domain()
+    processes = ChildProcesses(tmp_path, domain)
+    probe = None
+    try:
+        processes.start("driver", "sim-robot", "--ros-args", "-p", "scene:=lego", "-p", "brick_pose:=[0.6, 0.1, 1.5]",
+                        "-p", "target_rate_hz:=5.0")
+        probe = Probe(domain)
+        targets = []
+        probe.node.create_subscription(probe.PoseStamped, "/robot_sql/target_pose", targets.append, 10)
+        probe.wait_for(lambda: targets, 30, "a target from the Lego scene")
+        position, quat = lego.seated_hand_pose(lego.fixed_brick_pose(0.6, 0.1, 1.5, table_height(build_model("lego"))))
+        p, o = targets[-1].pose.position, targets[-1].pose.orientation
+        np.testing.assert_allclose([p.x, p.y, p.z], position, atol=1e-6)
+        assert abs(abs(np.dot([o.w, o.x, o.y, o.z], quat)) - 1.0) < 1e-6
+        assert targets[-1].header.frame_id == "base"
+    finally:
+        if probe is not None:
+            probe.close()
+        processes.close()
