@@ -65,6 +65,7 @@ class ActorLink(threading.Thread):
         self.learner_run: str | None = None  # a new run (another run directory) starts its versions again
         self.last_heard = -float("inf")
         self.errors = RejectCounter("learner-replies")  # bad frames from the learner's side
+        self.refused: dict[str, int] = {}  # error replies from the learner, per kind
         self._open_sockets()
 
     def _open_sockets(self) -> None:
@@ -205,8 +206,12 @@ class ActorLink(threading.Thread):
                     if entry is not None:
                         self.unacked_rows -= entry[1]
                         self.acked_rows += entry[1]
-            elif message.type == "error":
-                log.warning("%s: the learner rejected a message: %s %s", self.name, message.body["kind"], message.body["detail"])
+            elif message.type == "error":  # e.g. transitions of the wrong size: another env than the learner's
+                kind = message.body["kind"]
+                if kind not in self.refused:
+                    log.warning("%s: the learner refused a message (%s: %s); further refusals of this kind are only counted",
+                                self.name, kind, message.body["detail"])
+                self.refused[kind] = self.refused.get(kind, 0) + 1
 
     def _receive_weights(self, socket: zmq.Socket) -> None:
         try:
@@ -428,6 +433,7 @@ class Actor:
             "recent_return": float(np.mean(list(self.recent_returns))) if self.recent_returns else None,
             "recent_success": float(np.mean(list(self.recent_successes))) if self.recent_successes else None,
             "learner_errors": {k: n for k, n in link.errors.rejected.items() if n},
+            "refused_by_learner": dict(link.refused),
         }
 
     def request(self, command: str, **args: Any) -> None:

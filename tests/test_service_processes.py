@@ -5,6 +5,7 @@ Small budgets: MultiGoal with the reference hyperparameters, one torch thread pe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,6 +70,14 @@ class Service:
         except ControlError:
             return None
 
+    def stop_all(self) -> None:
+        for process in self.processes:  # SIGTERM to all at once: each takes a second or two to wind down
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            stop(process)
+
     def logs(self) -> str:
         return "\n".join(f"==== {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.root.glob("*.log")))
 
@@ -77,8 +86,7 @@ class Service:
 def service(tmp_path):
     service = Service(tmp_path)
     yield service
-    for process in service.processes:
-        stop(process)
+    service.stop_all()
     if os.environ.get("ROBOT_SQL_SHOW_SERVICE_LOGS"):
         print(service.logs())
 
@@ -132,8 +140,7 @@ def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_throug
     wait_for(lambda: service.learner_status()["updates"] >= updates_then + 50, 30, "training to go on")
     after = {name: service.actor_status(name, unacked_seqs=True) for name in actors}
     assert service.learner_status()["weight_version"] > version_before
-    for process in service.processes:
-        stop(process)
+    service.stop_all()
 
     store = ReplayStore(service.run_dir / "replay", obs_dim=2, act_dim=2, capacity=100_000)
     for name in actors:
@@ -154,6 +161,12 @@ def test_an_actor_started_before_the_learner_runs_then_connects(service):
                       and s["connected"] and s["acked_transitions"] >= alone["steps"] and s, 60, "the actor to connect")
     assert 1 in acked_seqs(joined)  # transitions from before the learner existed were kept and delivered
     assert joined["loop_period"]["max_since_start_s"] < 0.3
+
+    service.actor("wrong-env", env="SawyerReach-v0")  # transitions of another size: refused, kept, never stored
+    refused = wait_for(lambda: (s := service.actor_status("wrong-env")) and s["refused_by_learner"].get("shape") and s,
+                       60, "the learner to refuse the wrong-sized transitions")
+    assert refused["acked_transitions"] == 0 and refused["unacked_transitions"] > 0
+    assert service.learner_status()["rejected"]["data"]["shape"] >= 1
 
 
 def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
