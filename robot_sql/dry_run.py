@@ -18,13 +18,15 @@ is made under runs/ unless --run-dir names one; an existing one resumes (replay,
 weight versions, token).
 
 Supervision: one line when a child exits; a child that fails (non-zero exit) is reported with
-the end of its log and stops the dry run. Ctrl-C or SIGTERM stops the children (actors and
-panel first, the learner last so that it checkpoints), each with SIGTERM to its group, then
-SIGKILL after a grace period; a second Ctrl-C kills at once. Children also get SIGTERM from
+the end of its log and stops the dry run. Ctrl-C or SIGTERM stops the children (panel and
+actors first, the learner last so that it checkpoints), each with SIGTERM to its group, then
+SIGKILL after a grace period; a second Ctrl-C kills at once. A learner that the panel's Start
+launched (after its Stop) is stopped the same way. Children also get SIGTERM from
 the kernel if this process dies without cleaning up (Linux), so nothing is left behind.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -153,10 +155,8 @@ class Supervisor:
 
 
 def _signal_group(child: Child, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.process.pid, signum)  # the child leads its own group (setsid)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def describe_exit(code: int) -> str:
@@ -206,6 +206,40 @@ def learner_status(address: str):
                 f"({s['ingest_rate']:.0f}/s) from {len(s['actors'])} actor session(s)")
 
     return line
+
+
+def learners_of(run_root: Path) -> list[int]:
+    """pids of running `robot-sql learner --run-dir RUN_ROOT ...` processes (from Linux's /proc)."""
+    wanted = ["learner", "--run-dir", str(run_root)]
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and any(argv[i:i + 3] == wanted for i in range(len(argv))):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_learner_started_by_panel(run_root: Path) -> None:
+    """The panel's Start launches a learner of its own, in its own session, once ours has been
+    stopped from the panel: after our children, stop any learner still serving this run."""
+    pids = learners_of(run_root)
+    if not pids:
+        return
+    say(f"stopping the learner that the panel started (pid {', '.join(map(str, pids))})")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while (pids := learners_of(run_root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        say(f"learner pid {pid}: no exit {STOP_GRACE_S:g} s after SIGTERM; killing")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def ros_children(actors: int, port: int, domain: int) -> list[Child]:
@@ -286,11 +320,13 @@ def dry_run_command(run_dir: Path | None, actors: int, ros: bool, port: int, pan
                 supervisor.start(child)
         url = f"http://127.0.0.1:{panel_port}/"
         say(f"panel {url}?token={token}")
-        say(f"token in {run.root / 'panel.token'}; scripts: curl -H 'Authorization: Bearer <token>' {url}api/status")
+        where = "ROBOT_SQL_PANEL_TOKEN" if os.environ.get("ROBOT_SQL_PANEL_TOKEN") else run.root / "panel.token"
+        say(f"token in {where}; scripts: curl -H 'Authorization: Bearer <token>' {url}api/status")
         say(f"training {ENV_ID} with {actors} {'ROS 2' if ros else 'in-process'} simulated arm(s); Ctrl-C stops everything")
         code = supervisor.supervise(duration, learner_status(f"tcp://127.0.0.1:{port + 2}"))
+        stop_learner_started_by_panel(run.root)
     except BaseException:
         supervisor.stop()
         raise
-    say("all processes stopped" if code == 0 else "stopped after a failure")
+    say("all processes stopped" if code == 0 else "killed (second Ctrl-C)" if supervisor.kill_now else "stopped after a failure")
     raise SystemExit(code)

@@ -131,6 +131,15 @@ def test_dry_run_trains_serves_the_panel_and_stops_without_orphans(dry_runs):
                          lambda: (s := run.learner_status()) and s["weight_version"] > first["weight_version"] and s, 60)
     assert later["transitions_total"] > first["transitions_total"]
 
+    # the panel's Stop ends our learner; its Start launches another one outside the dry run's
+    # children: Ctrl-C must stop that one too
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{panel}/api/training/stop", headers=headers, timeout=10).status_code == 200
+    run.wait_for("the learner's exit", lambda: "learner exited (exit status 0)" in run.text(), 60)
+    started = httpx.post(f"{panel}/api/training/start", headers=headers, timeout=10)
+    assert started.status_code == 200 and started.json()["started"], started.text
+    run.wait_for("the learner started by the panel", run.learner_status, 60)
+
     children = run.child_pids()
     assert set(children) == {"learner", "actor-0", "panel"}, run.text()
     assert run.stop(signal.SIGINT) == 0, run.text()
@@ -138,6 +147,7 @@ def test_dry_run_trains_serves_the_panel_and_stops_without_orphans(dry_runs):
     assert [name for name, pid in children.items() if alive(pid)] == []
     assert processes_mentioning(str(run.run_dir)) == []
     assert "stopped at" in (run.run_dir / "logs" / "learner.log").read_text()  # the learner exited by itself, checkpointed
+    assert f"stopping the learner that the panel started (pid {started.json()['pid']})" in run.text()
 
 
 def test_dry_run_resumes_on_the_same_run_directory(dry_runs):
