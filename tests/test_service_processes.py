@@ -105,9 +105,10 @@ def test_two_actor_processes_and_a_learner_train_multigoal(service):
 
     agent = SoftQLearning.from_state_dict(load_checkpoint(service.run_dir / "checkpoints" / "learner.pt")["agent"])
     assert agent.updates == 3000
-    # two processes feed one replay, so runs differ; trained runs have scored 0.37 to 0.72, untrained ones 0.0
+    # two processes feed one replay, so runs differ: 3000 updates have scored 0.42 to 0.72, untrained 0.0
     trained = evaluate(agent, "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
     untrained = evaluate(SoftQLearning(agent.config), "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
+    print(f"MultiGoal success rate: trained {trained:.2f}, untrained {untrained:.2f}")
     assert trained >= 0.3 and trained >= untrained + 0.25, (trained, untrained)
 
 
