@@ -228,6 +228,8 @@ class ActorNode:
 
 def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
     """Run the node until SIGINT/SIGTERM (or for `stop_after` s); `argv` may carry ROS arguments."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stopped while starting: just leave
+        signal.signal(signum, lambda *_: sys.exit(0))
     import rclpy
     import torch
     from rclpy.signals import SignalHandlerOptions
@@ -244,7 +246,7 @@ def serve(argv: list[str], stop_after: float | None = None) -> ActorNode:
     try:
         actor_node = ActorNode(spinner.node, declare_settings(spinner.node, ActorNodeSettings))
         stopping = actor_node.actor.link.stopping
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM):  # running: the loop stops, holds the arm, cleans up
             signal.signal(signum, lambda *_: stopping.set())
         if stop_after is not None:
             timer = threading.Timer(stop_after, stopping.set)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from typing import Literal
 
@@ -264,19 +266,26 @@ class SimRobotNode:
 def run_node(argv: list[str]) -> int:
     """Run the driver until SIGINT/SIGTERM; `argv` may carry ROS arguments (--ros-args ...)."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from robot_sql.ros_env import declare_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    rclpy.init(args=argv)
+    # our own handlers: rclpy's shut the context down under a waiting executor, which can raise
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("sawyer_sim")
     driver = SimRobotNode(node, declare_settings(node, SimRobotSettings))
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)  # rclpy turns SIGINT and SIGTERM into a shutdown
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stopping.is_set():
+            executor.spin_once(timeout_sec=0.1)
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     log.info("sim-robot: stopped (%d joint commands rejected)", driver.rejected_commands)
