@@ -149,6 +149,7 @@ def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_throug
         assert acked_seqs(before[name]) <= stored and acked_seqs(after[name]) <= stored
         assert len(acked_seqs(after[name])) > len(acked_seqs(before[name]))
         # the longest control period over the whole run, gap and restart included (period 20 ms)
+        print(f"{name}: longest control period {1000 * after[name]['loop_period']['max_since_start_s']:.1f} ms")
         assert after[name]["loop_period"]["max_since_start_s"] < 0.3, after[name]["loop_period"]
 
 
