@@ -14,6 +14,8 @@ arrived; the control loop, in its own thread, reads that state and publishes com
   workspace box are dropped and counted, never stored.
 - `hold()` publishes a position-mode command at the last known joint angles: the arm holds
   now, without waiting for the controller's own command timeout.
+- Position moves and displacements are left to `GuardedRobot` (robot_sql/safety.py), which
+  stops them on an e-stop; a wrench perturbation goes to the simulator's /sim/apply_wrench.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class RosSawyer:
                  joint_state_rate_hz: float = sawyer.JOINT_STATE_RATE_HZ, topics: dict[str, str] | None = None):
         from geometry_msgs.msg import PoseStamped
         from intera_core_msgs.msg import EndpointState, JointCommand
+        from robot_sql_msgs.srv import ApplyWrench
         from sensor_msgs.msg import JointState
 
         topics = {**TOPICS, **(topics or {})}
@@ -69,6 +72,7 @@ class RosSawyer:
         node.create_subscription(JointState, topics["joint_states"], self._on_joint_state, 10)
         node.create_subscription(EndpointState, topics["endpoint_state"], self._on_endpoint_state, 10)
         node.create_subscription(PoseStamped, topics["target_pose"], self._on_target, 10)
+        self._wrench_client = node.create_client(ApplyWrench, "/sim/apply_wrench")
 
     # ---- incoming (executor thread) ------------------------------------------------------
     def _reject(self, topic: str, why: str, detail: str = "") -> None:
@@ -192,8 +196,17 @@ class RosSawyer:
         raise NotImplementedError("use GuardedRobot.move_to (robot_sql/safety.py), which checks the e-stop")
 
     def apply_wrench(self, link, force, torque, duration) -> None:
-        raise NotImplementedError("a wrench perturbation needs the simulator (/sim/apply_wrench of sim-robot)")
+        """Only on the simulator, through its /sim/apply_wrench service; ValueError elsewhere."""
+        from geometry_msgs.msg import Vector3
 
-    def displace(self, delta) -> None:
-        goal = clip_position(self.joint_positions() + finite_joint_vector(delta, "joint displacement"))
-        self.send_position(goal)
+        if not self._wrench_client.service_is_ready():
+            raise ValueError("no /sim/apply_wrench service: a wrench needs the simulator (sim-robot); "
+                             "use a displacement on the real arm")
+        request = self._wrench_client.srv_type.Request(link=link, duration=float(duration))
+        request.force, request.torque = (Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2])) for v in (force, torque))
+        future = self._wrench_client.call_async(request)  # answered in the executor thread
+        deadline = time.monotonic() + 2.0
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not future.done() or not future.result().success:
+            raise ValueError(f"/sim/apply_wrench failed: {future.result().message if future.done() else 'no reply'}")

@@ -228,6 +228,19 @@ class GuardedRobot:
             self.holding = False
             self.robot.send_position(position)
 
+    def displace(self, delta) -> None:
+        """Perturbation: a simulator shifts its joints at once; a real arm moves there in position
+        mode (stopped like any move by an e-stop), and the call returns once it is there."""
+        from robot_sql.robot import clip_position, finite_joint_vector
+
+        if self.estopped:
+            raise RuntimeError("e-stop is latched: rearm before moving")
+        delta = finite_joint_vector(delta, "joint displacement")
+        if hasattr(self.robot, "displace"):
+            self.robot.displace(delta)
+        elif not self.move_to(clip_position(self.robot.joint_positions() + delta)):
+            raise RuntimeError("the displaced configuration was not reached (e-stop, stale state or timeout)")
+
     def move_to(self, target, timeout: float = 15.0, tolerance: float = 0.01) -> bool:
         """Position-mode move (episode reset); gives up, holding, if the e-stop latches or the state goes stale."""
         from robot_sql.robot import joint_target
