@@ -346,7 +346,7 @@ class Actor:
         self.observation = next_observation
         if terminated or truncated:
             self.recent_returns.append(self.episode_return)
-            self.recent_successes.append(float(bool(info.get("success", False))))
+            self.recent_successes.append(float(bool(info.get("is_success", False))))
             self.link.stats_outbox.append({"episode_return": self.episode_return, "episode_length": self.episode_length,
                                            "episode_success": self.recent_successes[-1]})
             self.episodes += 1

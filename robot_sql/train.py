@@ -148,7 +148,7 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
             obs = next_obs
             if terminated or truncated:
                 episode_returns.append(episode_return)
-                episode_successes.append(float(info.get("success", terminated)))
+                episode_successes.append(float(info.get("is_success", terminated)))
                 episode_return = 0.0
                 obs, _ = env.reset()
 
@@ -187,7 +187,7 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
 
 
 def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
-    """Roll out the stochastic policy; success is the env's info["success"] at the episode's end."""
+    """Roll out the stochastic policy; success is the env's info["is_success"] at the episode's end."""
     torch.manual_seed(seed)  # a bare Sampler draws its noise from torch's global generator
     env = gymnasium.make(env_id)
     returns, successes, trajectories = [], [], []
@@ -204,7 +204,7 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
             total += reward
             done = terminated or truncated
         returns.append(total)
-        successes.append(bool(info.get("success", False)))
+        successes.append(bool(info.get("is_success", False)))
         trajectories.append(np.asarray(path))
         if goal_counts is not None and (reached := goal_index(obs)) is not None:
             goal_counts[reached] += 1

@@ -116,9 +116,8 @@ class SawyerPoseEnv(gymnasium.Env):
 
     def _info(self, succeeded: bool) -> dict:
         position_error, orientation_error = self.task.errors(self._hand, self.target)
-        # "is_success" is the gymnasium / Stable-Baselines3 name; robot_sql's train and actor loops read "success"
         return {"position_error": position_error, "orientation_error": orientation_error,
-                "is_success": succeeded, "success": succeeded}
+                "is_success": succeeded}
 
     def _reset_arm_near_neutral(self) -> None:
         noise = self.np_random.uniform(-START_JOINT_NOISE, START_JOINT_NOISE, size=7)

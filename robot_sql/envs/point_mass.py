@@ -19,7 +19,7 @@ MULTIGOAL_GOALS = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]], d
 
 class PointMassEnv(gymnasium.Env):
     """Base class: the dynamics. Subclasses define `reward_and_done(position, action, next_position)`
-    and `is_success(position)`; `info["success"]` reports the latter at every step."""
+    and `is_success(position)`; `info["is_success"]` (the gymnasium name) reports the latter at every step."""
 
     metadata = {"render_modes": []}
 
@@ -44,7 +44,7 @@ class PointMassEnv(gymnasium.Env):
         next_position = np.clip(self.position + action, -BOUND, BOUND).astype(np.float32)
         reward, terminated = self.reward_and_done(self.position, action, next_position)
         self.position = next_position
-        info = {"success": bool(self.is_success(next_position))}
+        info = {"is_success": bool(self.is_success(next_position))}
         return next_position.copy(), float(reward), bool(terminated), False, info
 
     def reward_and_done(self, position, action, next_position) -> tuple[float, bool]:
