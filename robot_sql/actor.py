@@ -290,6 +290,7 @@ class Actor:
         self.holding = False
         self.perturbing = False
         self.steps = self.episodes = 0
+        self.arm_state: dict[str, Any] = {}  # replaced whole after each step: the link thread reads it
         self.episode_return, self.episode_length = 0.0, 0
         self.periods: collections.deque = collections.deque(maxlen=1000)
         self.period_max = 0.0
@@ -344,6 +345,7 @@ class Actor:
         self.episode_return += float(reward)
         self.episode_length += 1
         self.observation = next_observation
+        self.arm_state = self._arm_state(info)
         if terminated or truncated:
             self.recent_returns.append(self.episode_return)
             self.recent_successes.append(float(bool(info.get("is_success", False))))
@@ -434,7 +436,21 @@ class Actor:
             "recent_success": float(np.mean(list(self.recent_successes))) if self.recent_successes else None,
             "learner_errors": {k: n for k, n in link.errors.rejected.items() if n},
             "refused_by_learner": dict(link.refused),
+            **self.arm_state,
         }
+
+    def _arm_state(self, info: dict) -> dict[str, Any]:
+        """What the panel shows of the arm: joints, target and hand error (envs with a robot only)."""
+        robot = getattr(self.env.unwrapped, "robot", None)
+        if robot is None:
+            return {}
+        state: dict[str, Any] = {"joint_positions": [float(q) for q in robot.joint_positions()]}
+        target = getattr(self.env.unwrapped, "target", None)
+        if target is not None:
+            state["target_position"] = [float(v) for v in target[0]]
+        if "position_error" in info:
+            state["position_error"] = float(info["position_error"])
+        return state
 
     def request(self, command: str, **args: Any) -> None:
         """A control command from inside the process (e.g. the ROS node's e-stop topic); no reply."""

@@ -42,7 +42,11 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
     actor, thread, client = start_actor("SawyerReach-v0")
     try:
         wait_for(lambda: client.call("status")["steps"] >= 5, 20, "the actor to step without a learner")
-        assert client.call("status")["connected"] is False
+        status = client.call("status")
+        assert status["connected"] is False
+        # the arm's state for the panel: joints within limits, the target and the hand's error to it
+        assert len(status["joint_positions"]) == 7 and len(status["target_position"]) == 3
+        assert 0.0 <= status["position_error"] < 2.0
         assert client.call("estop") == {"estopped": True}
         status = client.call("status")
         assert status["estopped"] and status["holding"]
