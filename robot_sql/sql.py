@@ -273,9 +273,12 @@ class SoftQLearning:
         batch_size = obs.shape[0]
         obs_k = obs.unsqueeze(1).expand(batch_size, c.kernel_particles, c.obs_dim)  # [B, K, S]
         noise = torch.randn((batch_size, c.kernel_particles, c.act_dim), generator=self.generator, device=self.device)
-        actions = self.sampler(obs_k, noise)  # [B, K, D]
-        fixed = actions[:, : c.n_fixed].detach().requires_grad_(True)  # [B, Kf, D], the a~_j
-        updated = actions[:, c.n_fixed :]  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
+        # The fixed particles get no gradient through the sampler, so they are drawn without a
+        # graph: the backward pass then runs over the Ku updated particles only, not all K.
+        with torch.no_grad():
+            fixed = self.sampler(obs_k[:, : c.n_fixed], noise[:, : c.n_fixed])  # [B, Kf, D], the a~_j
+        fixed.requires_grad_(True)
+        updated = self.sampler(obs_k[:, c.n_fixed :], noise[:, c.n_fixed :])  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
 
         # Score of the target density exp(Q) on the squashed action box, at the fixed particles,
         # using the online Q (min over twin heads), with the tanh log-term of the reference code.

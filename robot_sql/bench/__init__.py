@@ -6,6 +6,7 @@ import click
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "ros": ("robot_sql.bench.ros:bench_ros_command", "Actor node over ROS 2: joint-state-to-command latency, command rate and jitter."),
     "transport": ("robot_sql.bench.transport:bench_transport_command", "Learner ingest vs raw ZeroMQ, weight-push latency, replay memory."),
+    "learner": ("robot_sql.bench.learner:bench_learner_command", "SQL updates/s, FLOPs per update and fraction of the matmul ceiling, vs SB3 SAC."),
     "sim": ("robot_sql.sim.bench:bench_sim_command", "Sawyer env steps/s and real-time factor on one core."),
 }
 

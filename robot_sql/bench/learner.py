@@ -1,0 +1,282 @@
+"""`robot-sql bench learner`: SQL updates/s, the FLOPs of one update, and how close it gets to
+what this machine's matrix multiplier allows, next to Stable-Baselines3 SAC, in one run.
+
+For each case (observation/action sizes of MultiGoal and the Sawyer tasks; batch 128 with
+2x128 hidden units and batch 256 with 2x256; K = M = 16), alternating in rounds so that a
+noisy neighbour hits every figure alike:
+1. SQL: `replay.sample` + `agent.update` (what the learner does per update), updates/s.
+2. The matmul-bound ceiling: every matrix multiply of one update (forward and backward,
+   recorded with their exact shapes and memory layouts) replayed back to back, without the
+   rest of the update; FLOPs/s of that replay. The update's FLOPs/s over it is the fraction
+   of the ceiling that the update achieves.
+3. SAC (stable-baselines3, optional `bench` extra): `model.train` gradient steps at the same
+   batch size and hidden widths, updates/s (its batch sampling included, as for SQL).
+Once per run: the rate of a large square float32 matmul (the machine's peak, for scale).
+
+FLOPs count only matrix multiplies (2 per multiply-add), derived from the layer shapes in
+`update_matmul_flops` and cross-checked with torch.utils.flop_counter.FlopCounterMode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
+
+from robot_sql.replay import ReplayBuffer
+from robot_sql.sql import SoftQLearning, SQLConfig, resolve_device
+from robot_sql.tasks.pose_task import ACTION_SIZE, OBSERVATION_SIZE
+
+# (name, obs_dim, act_dim, batch size, hidden sizes)
+CASES = [
+    ("multigoal-b128-128x128", 2, 2, 128, (128, 128)),
+    ("sawyer-b128-128x128", OBSERVATION_SIZE, ACTION_SIZE, 128, (128, 128)),
+    ("multigoal-b256-256x256", 2, 2, 256, (256, 256)),
+    ("sawyer-b256-256x256", OBSERVATION_SIZE, ACTION_SIZE, 256, (256, 256)),
+]
+MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+
+# ---- FLOPs from the layer shapes ---------------------------------------------------------------
+def mlp_flops(rows: int, sizes: list[int], weight_grads: bool, input_grads: str | None) -> int:
+    """Matmul FLOPs of an MLP on `rows` inputs: the forward pass, plus, for a backward pass,
+    the weight gradients (if wanted) and the input gradients of every layer ("all") or of
+    every layer but the first ("hidden", when the network's input needs no gradient)."""
+    total = 0
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        one = 2 * rows * fan_in * fan_out
+        total += one
+        total += one if weight_grads else 0
+        total += one if input_grads == "all" or (input_grads == "hidden" and layer > 0) else 0
+    return total
+
+
+def update_matmul_flops(c: SQLConfig) -> int:
+    """Matmul FLOPs of one `SoftQLearning.update`, term by term as the update runs them."""
+    heads = 2 if c.twin_q else 1
+    q_sizes = [c.obs_dim + c.act_dim, *c.hidden_sizes, 1]
+    batch = c.batch_size
+    # Target: Q_target on B x M uniform actions, forward only.
+    target = heads * mlp_flops(batch * c.value_particles, q_sizes, weight_grads=False, input_grads=None)
+    # Q step: forward on the batch, backward to the weights (the input needs no gradient).
+    q_step = heads * mlp_flops(batch, q_sizes, weight_grads=True, input_grads="hidden")
+    # Sampler: forward of the B x Kf fixed particles; forward and backward of the B x Ku updated
+    # ones. Its first layer is two matrices (observation, noise) whose inputs need no gradient.
+    sampler = 0
+    for rows, backward in ((batch * c.n_fixed, False), (batch * c.n_updated, True)):
+        for sizes in ([c.obs_dim, c.hidden_sizes[0]], [c.act_dim, c.hidden_sizes[0]]):
+            sampler += mlp_flops(rows, sizes, weight_grads=backward, input_grads=None)
+        sampler += mlp_flops(rows, [*c.hidden_sizes, c.act_dim], weight_grads=backward, input_grads="all" if backward else None)
+    # Score: Q on the B x Kf fixed particles, differentiated w.r.t. the actions only.
+    score = heads * mlp_flops(batch * c.n_fixed, q_sizes, weight_grads=False, input_grads="all")
+    return target + q_step + sampler + score
+
+
+def counted_flops(step) -> int:
+    """FlopCounterMode's count of `step`. Its module tracker is left out: the tracker's backward
+    hooks do not support autograd.grad with respect to a leaf, which the SVGD score needs."""
+    counter = FlopCounterMode(display=False)
+    with _FlopCounterMode(counter):
+        step()
+    return counter.get_total_flops()
+
+
+# ---- the matmul-bound ceiling ------------------------------------------------------------------
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix multiply that reaches the kernels: op, shapes, strides, dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMUL_OPS:
+            layouts = tuple((tuple(a.shape), tuple(a.stride()), a.dtype) for a in args if isinstance(a, torch.Tensor))
+            self.calls.append((func, layouts))
+        return func(*args, **(kwargs or {}))
+
+
+def strided_random(shape, stride, dtype, device) -> torch.Tensor:
+    """A random tensor with exactly this layout (stride 0 included, as in broadcast biases)."""
+    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if all(shape) else 0
+    return torch.randn(span, dtype=dtype, device=device).as_strided(shape, stride)
+
+
+class MatmulReplay:
+    """The recorded multiplies on fresh tensors of the same layouts, run back to back."""
+
+    def __init__(self, calls: list[tuple], device: torch.device):
+        self.calls = [(func, [strided_random(*layout, device) for layout in layouts]) for func, layouts in calls]
+
+    def __call__(self) -> None:
+        for func, tensors in self.calls:
+            func(*tensors)
+
+
+def square_matmul_rate(device: torch.device, size: int, seconds: float) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    rate = timed_rate(lambda: torch.mm(a, b), device, seconds)
+    return rate * 2 * size ** 3
+
+
+# ---- timing ------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_rate(step, device: torch.device, seconds: float) -> float:
+    """Calls of `step` per second: run for about `seconds` after one untimed call, synchronised."""
+    step()
+    synchronize(device)
+    calls, started = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        if calls % 4 == 0:
+            synchronize(device)
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                return calls / elapsed
+
+
+def filled_replay(obs_dim: int, act_dim: int, size: int, rng: np.random.Generator) -> ReplayBuffer:
+    replay = ReplayBuffer(obs_dim, act_dim, size)
+    replay.add_batch({
+        "observations": rng.normal(size=(size, obs_dim)),
+        "actions": rng.uniform(-1, 1, (size, act_dim)),
+        "rewards": rng.normal(size=size),
+        "next_observations": rng.normal(size=(size, obs_dim)),
+        "terminals": (rng.random(size) < 0.01),
+    })
+    return replay
+
+
+def sac_model(obs_dim: int, act_dim: int, batch_size: int, hidden: tuple[int, ...], device: torch.device, rng):
+    """An SB3 SAC with a filled replay buffer, ready for `model.train` (None without the extra)."""
+    try:
+        import gymnasium
+        from stable_baselines3 import SAC
+        from stable_baselines3.common.logger import configure
+    except ImportError:
+        return None
+
+    class Shapes(gymnasium.Env):  # only the spaces are used: no environment steps are taken
+        observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        action_space = gymnasium.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+
+    model = SAC("MlpPolicy", Shapes(), batch_size=batch_size, buffer_size=10_000, learning_starts=0,
+                policy_kwargs={"net_arch": list(hidden)}, device=device, seed=0)
+    model.set_logger(configure(None, []))
+    for _ in range(2_000):
+        model.replay_buffer.add(rng.normal(size=(1, obs_dim)), rng.normal(size=(1, obs_dim)),
+                                rng.uniform(-1, 1, (1, act_dim)), rng.normal(size=1), np.zeros(1), [{}])
+    return model
+
+
+def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: tuple[int, ...],
+               device: torch.device, rounds: int, seconds: float, twin_q: bool) -> dict:
+    config = SQLConfig(obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden, kernel_particles=16,
+                       value_particles=16, batch_size=batch_size, twin_q=twin_q)
+    agent = SoftQLearning(config, device=device)
+    rng = np.random.default_rng(0)
+    replay = filled_replay(obs_dim, act_dim, 10_000, rng)
+
+    def sql_step():
+        agent.update(replay.sample(batch_size, rng))
+
+    analytic = update_matmul_flops(config)
+    counted = counted_flops(sql_step)
+    recorder = MatmulRecorder()
+    with recorder:
+        sql_step()
+    replay_matmuls = MatmulReplay(recorder.calls, device)
+    replayed = counted_flops(replay_matmuls)
+    sac = sac_model(obs_dim, act_dim, batch_size, hidden, device, rng)
+    sac_flops = counted_flops(lambda: sac.train(gradient_steps=1, batch_size=batch_size)) if sac else None
+
+    sql_rates, ceiling_rates, sac_rates = [], [], []
+    for _ in range(rounds):
+        sql_rates.append(timed_rate(sql_step, device, seconds))
+        ceiling_rates.append(timed_rate(replay_matmuls, device, seconds))
+        if sac:
+            sac_rates.append(timed_rate(lambda: sac.train(gradient_steps=1, batch_size=batch_size), device, seconds))
+    sql_rate, ceiling_rate = statistics.median(sql_rates), statistics.median(ceiling_rates)
+    sac_rate = statistics.median(sac_rates) if sac else None
+    result = {
+        "obs_dim": obs_dim, "act_dim": act_dim, "batch_size": batch_size, "hidden_sizes": list(hidden),
+        "kernel_particles": config.kernel_particles, "value_particles": config.value_particles, "twin_q": twin_q,
+        "update_flops": counted,
+        "update_flops_analytic": analytic,
+        "flops_match": analytic == counted == replayed,
+        "matmuls_per_update": len(recorder.calls),
+        "sql_updates_per_s": sql_rate,
+        "sql_gflops_per_s": sql_rate * counted / 1e9,
+        "ceiling_gflops_per_s": ceiling_rate * replayed / 1e9,
+        "ceiling_updates_per_s": ceiling_rate,
+        "fraction_of_ceiling": sql_rate / ceiling_rate,
+        "sac_updates_per_s": sac_rate,
+        "sac_update_flops": sac_flops,
+        "sql_over_sac_updates": sql_rate / sac_rate if sac else None,
+        "rounds": {"sql_updates_per_s": sql_rates, "ceiling_updates_per_s": ceiling_rates, "sac_updates_per_s": sac_rates},
+    }
+    sac_text = f"SAC {sac_rate:.0f}/s (SQL/SAC {sql_rate / sac_rate:.2f})" if sac else "SAC not installed (pip install -e .[bench])"
+    click.echo(f"{name}: SQL {sql_rate:.0f} updates/s, {counted / 1e6:.1f} MFLOP/update, {result['sql_gflops_per_s']:.1f} GFLOP/s "
+               f"= {result['fraction_of_ceiling']:.2f} of the matmul ceiling ({result['ceiling_gflops_per_s']:.1f} GFLOP/s); "
+               f"{sac_text}")
+    return result
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+
+
+@click.command("learner")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for the results.")
+@click.option("--device", default="auto", show_default=True, help="auto = cuda if available, else cpu.")
+@click.option("--rounds", default=5, show_default=True, help="Alternating SQL / ceiling / SAC timings per case (medians).")
+@click.option("--seconds", default=1.0, show_default=True, help="Length of one timing.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice).")
+@click.option("--twin-q", is_flag=True, help="SQL with twin Q-functions (SAC always has two).")
+@click.option("--square", default=2048, show_default=True, help="Size of the square matmul for the machine's peak rate.")
+@click.option("--case", "cases", multiple=True, type=click.Choice([case[0] for case in CASES]),
+              help="Run only these cases (repeatable; default all).")
+@click.option("--tiny", is_flag=True, help="A seconds-long run at toy sizes, for tests (numbers meaningless).")
+def bench_learner_command(out: str, device: str, rounds: int, seconds: float, threads: int | None, twin_q: bool,
+                          square: int, cases: tuple[str, ...], tiny: bool) -> None:
+    """SQL updates/s, FLOPs per update and fraction of the matmul ceiling, vs SB3 SAC."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    selected = [case for case in CASES if not cases or case[0] in cases]
+    if tiny:
+        selected = [("tiny-b8-8x8", 3, 2, 8, (8, 8))]
+    peak = square_matmul_rate(torch_device, square, seconds)
+    click.echo(f"square {square}x{square} float32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch_device}")
+    results = {name: bench_case(name, *sizes, device=torch_device, rounds=rounds, seconds=seconds, twin_q=twin_q)
+               for name, *sizes in selected}
+    for result in results.values():
+        result["fraction_of_square_matmul"] = result["sql_gflops_per_s"] * 1e9 / peak
+    report = {
+        "device": str(torch_device),
+        "device_name": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "square_matmul": {"size": square, "gflops_per_s": peak / 1e9},
+        "cases": results,
+    }
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"-> {out}")

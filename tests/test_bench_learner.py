@@ -1,0 +1,49 @@
+"""`robot-sql bench learner` at a toy size: the report's fields, and FLOPs that agree three ways."""
+import json
+
+import numpy as np
+import pytest
+
+from click.testing import CliRunner
+
+from robot_sql.bench.learner import counted_flops, filled_replay, update_matmul_flops
+from robot_sql.cli import main
+from robot_sql.sql import SoftQLearning, SQLConfig
+
+
+def test_bench_learner_tiny_run_writes_a_consistent_report(tmp_path):
+    out = tmp_path / "learner.json"
+    result = CliRunner().invoke(main, ["bench", "learner", "--tiny", "--out", str(out), "--rounds", "2",
+                                       "--seconds", "0.05", "--square", "128", "--threads", "1", "--twin-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["device"] in ("cpu", "cuda")
+    assert report["torch_threads"] == 1
+    assert report["square_matmul"]["gflops_per_s"] > 0
+    [case] = report["cases"].values()
+    # The count from the layer shapes equals FlopCounterMode's count of one real update and of
+    # the recorded matmuls that make the ceiling.
+    assert case["update_flops"] == case["update_flops_analytic"]
+    assert case["flops_match"] is True
+    assert case["twin_q"] is True and case["matmuls_per_update"] > 0
+    for name in ("sql_updates_per_s", "ceiling_updates_per_s", "ceiling_gflops_per_s", "fraction_of_ceiling",
+                 "fraction_of_square_matmul"):
+        assert case[name] > 0, name
+    assert len(case["rounds"]["sql_updates_per_s"]) == 2
+    assert abs(case["fraction_of_ceiling"] - case["sql_updates_per_s"] / case["ceiling_updates_per_s"]) < 1e-9
+    if case["sac_updates_per_s"] is not None:  # the optional `bench` extra is installed
+        assert case["sac_update_flops"] > 0
+        assert case["sql_over_sac_updates"] > 0
+
+
+@pytest.mark.parametrize("sizes", [
+    dict(obs_dim=23, act_dim=7, hidden_sizes=(128, 128), batch_size=128),
+    dict(obs_dim=2, act_dim=2, hidden_sizes=(64, 32, 16), batch_size=20, kernel_particles=10, value_particles=5,
+         kernel_update_ratio=0.3, twin_q=True),
+])
+def test_flop_formula_matches_flop_counter_on_one_update(sizes):
+    config = SQLConfig(**sizes)
+    agent = SoftQLearning(config, device="cpu")
+    rng = np.random.default_rng(0)
+    batch = filled_replay(config.obs_dim, config.act_dim, 100, rng).sample(config.batch_size, rng)
+    assert counted_flops(lambda: agent.update(batch)) == update_matmul_flops(config)
