@@ -11,7 +11,7 @@ noisy neighbour hits every figure alike:
    of the ceiling that the update achieves.
 3. SAC (stable-baselines3, optional `bench` extra): `model.train` gradient steps at the same
    batch size and hidden widths, updates/s (its batch sampling included, as for SQL).
-Once per run: the rate of a large square float32 matmul (the machine's peak, for scale).
+4. A large square float32 matmul: the machine's peak rate, for scale.
 
 FLOPs count only matrix multiplies (2 per multiply-add), derived from the layer shapes in
 `update_matmul_flops` and cross-checked with torch.utils.flop_counter.FlopCounterMode.
@@ -121,11 +121,10 @@ class MatmulReplay:
             func(*tensors)
 
 
-def square_matmul_rate(device: torch.device, size: int, seconds: float) -> float:
+def square_matmul(size: int, device: torch.device):
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    rate = timed_rate(lambda: torch.mm(a, b), device, seconds)
-    return rate * 2 * size ** 3
+    return lambda: torch.mm(a, b)
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def sac_model(obs_dim: int, act_dim: int, batch_size: int, hidden: tuple[int, ..
 
 
 def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: tuple[int, ...],
-               device: torch.device, rounds: int, seconds: float, twin_q: bool) -> dict:
+               device: torch.device, rounds: int, seconds: float, twin_q: bool, square: int) -> dict:
     config = SQLConfig(obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden, kernel_particles=16,
                        value_particles=16, batch_size=batch_size, twin_q=twin_q)
     agent = SoftQLearning(config, device=device)
@@ -204,14 +203,18 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
     sac = sac_model(obs_dim, act_dim, batch_size, hidden, device, rng)
     sac_flops = counted_flops(lambda: sac.train(gradient_steps=1, batch_size=batch_size)) if sac else None
 
-    sql_rates, ceiling_rates, sac_rates = [], [], []
+    square_step = square_matmul(square, device)
+
+    sql_rates, ceiling_rates, sac_rates, square_rates = [], [], [], []
     for _ in range(rounds):
         sql_rates.append(timed_rate(sql_step, device, seconds))
         ceiling_rates.append(timed_rate(replay_matmuls, device, seconds))
+        square_rates.append(timed_rate(square_step, device, seconds) * 2 * square ** 3 / 1e9)
         if sac:
             sac_rates.append(timed_rate(lambda: sac.train(gradient_steps=1, batch_size=batch_size), device, seconds))
     sql_rate, ceiling_rate = statistics.median(sql_rates), statistics.median(ceiling_rates)
     sac_rate = statistics.median(sac_rates) if sac else None
+    square_gflops = statistics.median(square_rates)
     result = {
         "obs_dim": obs_dim, "act_dim": act_dim, "batch_size": batch_size, "hidden_sizes": list(hidden),
         "kernel_particles": config.kernel_particles, "value_particles": config.value_particles, "twin_q": twin_q,
@@ -224,14 +227,18 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
         "ceiling_gflops_per_s": ceiling_rate * replayed / 1e9,
         "ceiling_updates_per_s": ceiling_rate,
         "fraction_of_ceiling": sql_rate / ceiling_rate,
+        "square_matmul_gflops_per_s": square_gflops,
+        "fraction_of_square_matmul": sql_rate * counted / 1e9 / square_gflops,
         "sac_updates_per_s": sac_rate,
         "sac_update_flops": sac_flops,
         "sql_over_sac_updates": sql_rate / sac_rate if sac else None,
-        "rounds": {"sql_updates_per_s": sql_rates, "ceiling_updates_per_s": ceiling_rates, "sac_updates_per_s": sac_rates},
+        "rounds": {"sql_updates_per_s": sql_rates, "ceiling_updates_per_s": ceiling_rates, "sac_updates_per_s": sac_rates,
+                   "square_matmul_gflops_per_s": square_rates},
     }
     sac_text = f"SAC {sac_rate:.0f}/s (SQL/SAC {sql_rate / sac_rate:.2f})" if sac else "SAC not installed (pip install -e .[bench])"
     click.echo(f"{name}: SQL {sql_rate:.0f} updates/s, {counted / 1e6:.1f} MFLOP/update, {result['sql_gflops_per_s']:.1f} GFLOP/s "
-               f"= {result['fraction_of_ceiling']:.2f} of the matmul ceiling ({result['ceiling_gflops_per_s']:.1f} GFLOP/s); "
+               f"= {result['fraction_of_ceiling']:.2f} of the matmul ceiling ({result['ceiling_gflops_per_s']:.1f} GFLOP/s), "
+               f"{result['fraction_of_square_matmul']:.2f} of a {square}x{square} matmul ({square_gflops:.1f} GFLOP/s); "
                f"{sac_text}")
     return result
 
@@ -262,12 +269,10 @@ def bench_learner_command(out: str, device: str, rounds: int, seconds: float, th
     selected = [case for case in CASES if not cases or case[0] in cases]
     if tiny:
         selected = [("tiny-b8-8x8", 3, 2, 8, (8, 8))]
-    peak = square_matmul_rate(torch_device, square, seconds)
-    click.echo(f"square {square}x{square} float32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch_device}")
-    results = {name: bench_case(name, *sizes, device=torch_device, rounds=rounds, seconds=seconds, twin_q=twin_q)
+    click.echo(f"device {torch_device}, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.2f}")
+    results = {name: bench_case(name, *sizes, device=torch_device, rounds=rounds, seconds=seconds, twin_q=twin_q,
+                                square=square)
                for name, *sizes in selected}
-    for result in results.values():
-        result["fraction_of_square_matmul"] = result["sql_gflops_per_s"] * 1e9 / peak
     report = {
         "device": str(torch_device),
         "device_name": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else cpu_name(),
@@ -275,7 +280,7 @@ def bench_learner_command(out: str, device: str, rounds: int, seconds: float, th
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()),
-        "square_matmul": {"size": square, "gflops_per_s": peak / 1e9},
+        "square_matmul_size": square,
         "cases": results,
     }
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
