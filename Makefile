@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test,ros]"
+	$(BIN)/python -m pip install --quiet -e ".[test,ros,bench]"
 	touch $@
 
 # The colcon workspace (ROS 2 messages + the actor node package). A failed build does not stop

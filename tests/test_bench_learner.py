@@ -1,4 +1,5 @@
 """`robot-sql bench learner` at a toy size: the report's fields, and FLOPs that agree three ways."""
+import importlib.util
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 from robot_sql.bench.learner import counted_flops, filled_replay, update_matmul_flops
 from robot_sql.cli import main
 from robot_sql.sql import SoftQLearning, SQLConfig
+from tests.conftest import require
 
 
 def test_bench_learner_tiny_run_writes_a_consistent_report(tmp_path):
@@ -30,9 +32,9 @@ def test_bench_learner_tiny_run_writes_a_consistent_report(tmp_path):
         assert case[name] > 0, name
     assert len(case["rounds"]["sql_updates_per_s"]) == 2
     assert abs(case["fraction_of_ceiling"] - case["sql_updates_per_s"] / case["ceiling_updates_per_s"]) < 1e-9
-    if case["sac_updates_per_s"] is not None:  # the optional `bench` extra is installed
-        assert case["sac_update_flops"] > 0
-        assert case["sql_over_sac_updates"] > 0
+    require(importlib.util.find_spec("stable_baselines3") is not None, "the `bench` extra (stable-baselines3) is not installed")
+    assert case["sac_updates_per_s"] > 0 and case["sac_update_flops"] > 0
+    assert case["sql_over_sac_updates"] > 0
 
 
 @pytest.mark.parametrize("sizes", [
