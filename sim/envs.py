@@ -1,6 +1,7 @@
 """gymnasium environments on the MuJoCo Sawyer.
 
 - `SawyerReach-v0`: move right_hand to a random target pose in a workspace box in front of the robot.
+- `SawyerReachNear-v0`: the same with targets in a 10 cm cube and no yaw (a CI-sized budget).
 - `SawyerLegoStack-v0`: a 2x4 brick is held in the gripper; seat it on a second brick fixed
   on the table at a random place and yaw. The target is the hand pose that seats the brick
   (robot_sql/tasks/lego.py).
@@ -141,6 +142,15 @@ class SawyerReachEnv(SawyerPoseEnv):
         position = self.np_random.uniform(*self.TARGET_BOX)
         yaw = self.np_random.uniform(-self.MAX_TARGET_YAW, self.MAX_TARGET_YAW)
         self.target = (position, quat_multiply(quat_from_axis_angle([0, 0, 1], yaw), NEUTRAL_HAND_QUAT))
+
+
+class SawyerReachNearEnv(SawyerReachEnv):
+    """SawyerReach-v0 on a CI-sized budget: targets in a 10 cm cube about 20 cm from the
+    start, tool down at the neutral yaw, 3 s episodes. Same reward and success as the full task."""
+
+    TARGET_BOX = (np.array([0.55, -0.05, 0.1]), np.array([0.65, 0.05, 0.2]))
+    MAX_TARGET_YAW = 0.0
+    default_episode_seconds = 3.0
 
 
 class SawyerLegoStackEnv(SawyerPoseEnv):

@@ -10,6 +10,7 @@ ENVIRONMENTS: dict[str, dict] = {
     "PointRun-v0": {"entry_point": "robot_sql.envs.point_mass:RunEnv", "max_episode_steps": 30},
     "PointSingleGoal-v0": {"entry_point": "robot_sql.envs.point_mass:SingleGoalEnv", "max_episode_steps": 30},
     "SawyerReach-v0": {"entry_point": "robot_sql.sim.envs:SawyerReachEnv"},
+    "SawyerReachNear-v0": {"entry_point": "robot_sql.sim.envs:SawyerReachNearEnv"},
     "SawyerLegoStack-v0": {"entry_point": "robot_sql.sim.envs:SawyerLegoStackEnv"},
     "SawyerPretrain-v0": {"entry_point": "robot_sql.sim.envs:SawyerPretrainEnv"},
 }
