@@ -1,8 +1,9 @@
 """The learner service: stores transitions durably, trains SQL, publishes weights.
 
 Two threads:
-  * the I/O thread owns every socket. It validates each frame, appends transitions to the
-    replay store, fsyncs, and only then acknowledges; it answers pings and control requests
+  * the I/O thread owns every socket. It validates each frame and appends transitions to the
+    replay store, whose own thread fsyncs them in groups; a batch is acknowledged once an fsync
+    covers it, while later frames keep arriving. It answers pings and control requests
     and publishes the weight frames the training thread hands it. It never waits on torch.
   * the training (main) thread runs SQL updates while updates < utd_ratio * (transitions
     stored - min_replay), publishes a new weight version every `publish_every` updates, and
@@ -14,9 +15,11 @@ published before, crash or not (they are reserved on disk in blocks).
 """
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -41,6 +44,7 @@ from robot_sql.train import check_box_spaces, make_sql_config
 
 SOURCE = "learner"
 VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
+DRAIN_FRAMES = 32  # data frames taken per poll; then acks for what has become durable go out
 ACTOR_SILENT_S = 5.0  # an actor not heard from for this long counts as gone (it pings every 0.5 s)
 log = logging.getLogger("robot_sql.learner")
 
@@ -109,6 +113,7 @@ class Learner:
         self.checkpoint_requests: queue.Queue = queue.Queue()  # envelopes waiting for "checkpoint" replies
         self.weight_version = 0
         self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
+        self.unacked: collections.deque = collections.deque()  # (store.appended mark, envelope, session, seq), in order
         self.update_rate = self.ingest_rate = 0.0
         self.context = zmq.Context()
         self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
@@ -147,13 +152,18 @@ class Learner:
 
     def _serve(self) -> None:
         poller = zmq.Poller()
-        for socket in (self.data.socket, self.weights_socket, self.control.socket):
+        for socket in (self.data.socket, self.weights_socket, self.control.socket, self.store.durable_signal):
             poller.register(socket, zmq.POLLIN)
         latest_weights = None
         while not self.stop_requested.is_set():
             ready = dict(poller.poll(5))
             if self.data.socket in ready:
                 self._receive_data()
+            if self.store.durable_signal in ready:
+                os.eventfd_read(self.store.durable_signal)
+                if self.store.failure is not None:
+                    raise RuntimeError("the replay store cannot fsync") from self.store.failure
+                self._acknowledge_durable()
             if self.weights_socket in ready and self._receive_subscriptions() and latest_weights is not None:
                 self.weights_socket.send(latest_weights, zmq.NOBLOCK)
             if self.control.socket in ready:
@@ -167,9 +177,8 @@ class Learner:
                     self.control.send(item[1], item[2])
 
     def _receive_data(self) -> None:
-        acks: dict[tuple[bytes, str], tuple[list[bytes], list[int]]] = {}  # (peer, session) -> envelope, seqs
         stored = 0
-        for _ in range(1000):  # drain what is queued, then one fsync covers the lot
+        for _ in range(DRAIN_FRAMES):
             received = self.data.receive()
             if received is None:
                 break
@@ -183,17 +192,24 @@ class Learner:
                 rows = self.store.append(message, frame)
                 info["transitions"] += rows
                 stored += rows
-                acks.setdefault((envelope[0], session), (envelope, []))[1].append(message.body["seq"])
+                # a duplicate too is acknowledged only once its first copy is surely durable
+                self.unacked.append((self.store.appended, envelope, session, message.body["seq"]))
             elif message.type == "ping":
                 self.data.send(envelope, encode("pong", self.sender, weight_version=self.weight_version))
             else:  # stats
                 self.metrics.log(message.sender, self.agent.updates, message.body["values"])
-        if acks:
-            self.store.sync()  # acknowledged means durable
-            for (_, session), (envelope, seqs) in acks.items():
-                self.data.send(envelope, encode("ack", self.sender, session=session, seqs=seqs))
+        self._acknowledge_durable()
         if stored:
             self.data_arrived.set()
+
+    def _acknowledge_durable(self) -> None:
+        """Acknowledge every batch the store's fsyncs cover: acknowledged means durable."""
+        acks: dict[tuple[bytes, str], tuple[list[bytes], list[int]]] = {}  # (peer, session) -> envelope, seqs
+        while self.unacked and self.unacked[0][0] <= self.store.durable:
+            _, envelope, session, seq = self.unacked.popleft()
+            acks.setdefault((envelope[0], session), (envelope, []))[1].append(seq)
+        for (_, session), (envelope, seqs) in acks.items():
+            self.data.send(envelope, encode("ack", self.sender, session=session, seqs=seqs))
 
     def _receive_subscriptions(self) -> bool:
         """Count what arrives on the weights socket; True if someone (re)subscribed."""

@@ -35,6 +35,8 @@ MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
 MAX_ARRAY_DIMS = 4
 MAX_NAME_LENGTH = 256
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "|b1"})
+ITEMSIZES = {dtype: np.dtype(dtype).itemsize for dtype in ALLOWED_DTYPES}
+FLOAT_DTYPES = frozenset({"<f4", "<f8"})
 TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
 # why a frame was rejected; receivers keep one counter per kind
@@ -138,10 +140,11 @@ def decode_array(value: Any) -> np.ndarray:
     count = math.prod(shape)
     if count > MAX_ARRAY_ELEMENTS:
         raise ProtocolError("oversized", f"array of {count} elements exceeds {MAX_ARRAY_ELEMENTS}")
-    if count * np.dtype(dtype).itemsize != len(data):
-        raise ProtocolError("shape", f"shape {shape} of {dtype} needs {count * np.dtype(dtype).itemsize} bytes, got {len(data)}")
+    itemsize = ITEMSIZES[dtype]
+    if count * itemsize != len(data):
+        raise ProtocolError("shape", f"shape {shape} of {dtype} needs {count * itemsize} bytes, got {len(data)}")
     array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # writable, and independent of the frame
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if dtype in FLOAT_DTYPES and not np.isfinite(array).all():
         raise ProtocolError("nonfinite", "array contains NaN or inf")
     return array
 

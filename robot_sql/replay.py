@@ -52,15 +52,16 @@ class ReplayBuffer:
             expected = (n, *self.arrays[key].shape[1:])
             if value.shape != expected:
                 raise ValueError(f"transitions[{key!r}] has shape {value.shape}, expected {expected}")
-            if not np.all(np.isfinite(value)):
+            if not np.isfinite(value).all():
                 raise ValueError(f"transitions[{key!r}] contains NaN or inf")
             values[key] = value
         if n > self.capacity:  # only the newest `capacity` survive a ring buffer anyway
             values = {key: value[-self.capacity :] for key, value in values.items()}
             n = self.capacity
-        index = (self.cursor + np.arange(n)) % self.capacity
-        for key, value in values.items():
-            self.arrays[key][index] = value
+        before_wrap = min(n, self.capacity - self.cursor)
+        for key, value in values.items():  # two slice copies: much cheaper than an index array
+            self.arrays[key][self.cursor : self.cursor + before_wrap] = value[:before_wrap]
+            self.arrays[key][: n - before_wrap] = value[before_wrap:]
         self.cursor = (self.cursor + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 

@@ -1,6 +1,9 @@
 """Wire protocol, durable replay store, control client and CURVE: real msgpack, real files, real sockets."""
 from __future__ import annotations
 
+import errno
+import os
+import select
 import threading
 import time
 
@@ -126,6 +129,28 @@ def test_store_survives_reopen_ignores_duplicates_and_cuts_a_torn_tail(tmp_path)
     reopened.append(decode(frame, {"transitions"}), frame)
     reopened.close()
     assert ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100).seen == {"s1": {1, 2, 3, 4}}
+
+
+def test_store_commits_in_the_background_and_reports_a_failing_disk(tmp_path, monkeypatch):
+    store = ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100)
+    for seq in (1, 2, 3):
+        frame = transitions_frame(seq)
+        store.append(decode(frame, {"transitions"}), frame)
+    assert select.select([store.durable_signal], [], [], 5.0)[0], "no durable signal within 5 s"
+    deadline = time.monotonic() + 5.0
+    while store.durable < 3 and time.monotonic() < deadline:  # one fsync may cover only the first records
+        time.sleep(0.001)
+    assert store.durable == store.appended == 3
+    os.eventfd_read(store.durable_signal)
+
+    def broken_disk(fd):
+        raise OSError(errno.EIO, "simulated disk error")
+
+    monkeypatch.setattr("robot_sql.replay_store.os.fdatasync", broken_disk)
+    frame = transitions_frame(4)
+    store.append(decode(frame, {"transitions"}), frame)
+    assert select.select([store.durable_signal], [], [], 5.0)[0], "a failing fsync was not signalled"
+    assert isinstance(store.failure, OSError) and store.durable == 3  # the fourth batch never counts as durable
 
 
 def test_store_rolls_segments_and_refuses_another_environments_log(tmp_path):

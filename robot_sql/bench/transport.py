@@ -3,10 +3,11 @@
 1. Ingest: 1 and 4 sender processes stream transitions frames (the actor's wire format, a
    window of unacknowledged frames each) to a real `robot-sql learner` process with training
    off; a transition counts once the learner has acknowledged it, i.e. made it durable. The
-   same frames then go to a raw ZeroMQ sink process that acknowledges each frame unread:
-   the transport's ceiling on this machine in this run (ratio = learner / raw). A second
-   ceiling: the same bytes appended to a file with one fsync per window (ratio_to_disk),
-   since an acknowledgement waits for the disk.
+   same frames, over the same DEALER -> ROUTER pattern with the same window, then go to a raw
+   ZeroMQ sink process that receives each frame in full (copied out of ZeroMQ) and acknowledges
+   it without decoding it: the transport's ceiling on this machine in this run (ratio = learner
+   / raw). A second ceiling: the same bytes appended to a file with one fsync per window
+   (ratio_to_disk), since an acknowledgement waits for the disk.
 2. Weight push: the learner's encoding of the policy weights, published on an XPUB, until a
    real ActorLink (the actor's network thread) has validated them and built a policy from
    them; p50/p99 over many pushes for reference network sizes.
@@ -71,7 +72,7 @@ def sender(address: str, session: str, count: int, rows: int, window: int, go, r
 
 
 def raw_sink(address: str, ready) -> None:
-    """The ceiling: a ROUTER that acknowledges every frame without looking at it."""
+    """The ceiling: a ROUTER that receives every frame whole and acknowledges it without decoding it."""
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
     socket.bind(address)
