@@ -124,9 +124,10 @@ class RobotPoseEnv(gymnasium.Env):
         self.success = SuccessTimer(task.hold_time)
         self._steps = 0
 
+    @property
     def target(self):
-        """The latest accepted target; without one, where the hand is (staying put is then optimal,
-        and no episode succeeds)."""
+        """The latest accepted target (an attribute, as on the simulated envs); without one, where
+        the hand is (staying put is then optimal, and no episode succeeds)."""
         return self.robot.target() or self.robot.ee_pose()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -146,7 +147,7 @@ class RobotPoseEnv(gymnasium.Env):
         if outage:  # the robot went quiet: hold, and wait for it here rather than record stale steps
             self.robot.hold()
             self.robot.wait_for_fresh_state(OUTAGE_WAIT_S)
-        hand, target = self.robot.ee_pose(), self.target()
+        hand, target = self.robot.ee_pose(), self.target
         reward = self.task.reward(hand, target)
         reached = self.robot.target() is not None and self.task.within_tolerance(hand, target)
         succeeded = self.success.update(reached, 1.0 / self.control_hz)
@@ -158,7 +159,7 @@ class RobotPoseEnv(gymnasium.Env):
 
     def _observation(self) -> np.ndarray:
         robot = self.robot
-        return observation(robot.joint_positions(), robot.joint_velocities(), robot.ee_pose(), self.target())
+        return observation(robot.joint_positions(), robot.joint_velocities(), robot.ee_pose(), self.target)
 
 
 class ActorNode:

@@ -70,6 +70,9 @@ def test_transitions_reach_learner_weights_reach_node_and_arm_moves(system):
         time.sleep(0.5)
     assert state["acked_transitions"] >= 64, state  # acknowledged = stored durably by the learner
     assert state["weight_version"] >= 2, state  # trained weights arrived and are in use
+    # the arm's state for the panel, from the ROS robot: seven joints, the published target, the hand's error
+    assert len(state["joint_positions"]) == 7 and np.allclose(state["target_position"], TARGET, atol=1e-6), state
+    assert state["position_error"] >= 0.0
     travelled = max(np.linalg.norm(position - start) for _, position in probe.endpoints[-400:])
     assert travelled > 0.02, f"the hand moved only {travelled * 1000:.1f} mm under the policy"
     # what the node sent stayed within the safety cap and the workspace box
