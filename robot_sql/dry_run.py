@@ -177,6 +177,8 @@ def say(message: str) -> None:
 def check_ports_free(ports: list[int]) -> None:
     for port in ports:
         with socket.socket() as probe:
+            # as ZeroMQ and uvicorn do: connections of a run just stopped (TIME_WAIT) do not block a restart
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
