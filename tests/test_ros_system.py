@@ -125,15 +125,21 @@ def test_malformed_and_out_of_limit_inputs_never_reach_the_arm(system):
     assert "rejected joint command" not in processes.log("driver")
 
 
-def test_estop_stops_motion_within_one_control_period_plus_transport(system):
-    processes, probe, control = system
-    probe.wait_for(lambda: len(probe.velocity_commands(time.monotonic() - 0.2)) > 0, 10, "the node commanding")
+def estop_while_commanding(probe, send_estop, commanding_within_s: float) -> tuple[float, float, float]:
+    """Once the node is commanding velocities, send an e-stop; (sent, hold command seen, transport p99)."""
+    probe.wait_for(lambda: len(probe.velocity_commands(time.monotonic() - 0.2)) > 0, commanding_within_s, "the node commanding")
     transport = probe.transport_delay()
     sent = time.monotonic()
-    probe.estop_pub.publish(probe.Bool(data=True))
+    send_estop()
     probe.wait_for(lambda: any(t > sent and m.mode == m.POSITION_MODE for t, m in list(probe.commands)), 2,
                    "the node's hold command")
     held_at = next(t for t, m in list(probe.commands) if t > sent and m.mode == m.POSITION_MODE)
+    return sent, held_at, transport
+
+
+def test_estop_stops_motion_within_one_control_period_plus_transport(system):
+    processes, probe, control = system
+    sent, held_at, transport = estop_while_commanding(probe, lambda: probe.estop_pub.publish(probe.Bool(data=True)), 10)
     time.sleep(0.5)
     late_velocity = [t - sent for t, _ in probe.velocity_commands(held_at)]
     states = [(t, dq) for t, _, _, dq in list(probe.joint_states) if t > sent]
@@ -156,13 +162,11 @@ def test_estop_stops_motion_within_one_control_period_plus_transport(system):
 
 def test_estop_through_the_actor_control_channel_holds_within_a_period(system):
     processes, probe, control = system
-    probe.wait_for(lambda: len(probe.velocity_commands(time.monotonic() - 0.2)) > 0, 30, "the node commanding")
-    transport = probe.transport_delay()
-    sent = time.monotonic()
-    assert control.call("estop") == {"estopped": True}
-    probe.wait_for(lambda: any(t > sent and m.mode == m.POSITION_MODE for t, m in list(probe.commands)), 2,
-                   "the node's hold command")
-    held_at = next(t for t, m in list(probe.commands) if t > sent and m.mode == m.POSITION_MODE)
+
+    def send_estop():
+        assert control.call("estop") == {"estopped": True}
+
+    sent, held_at, transport = estop_while_commanding(probe, send_estop, 30)
     time.sleep(0.3)
     print(f"control-channel e-stop: hold command after {1000 * (held_at - sent):.1f} ms")
     assert not probe.velocity_commands(held_at)
