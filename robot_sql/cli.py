@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from robot_sql.malloc import keep_freed_memory
+
 # name -> ("module:attribute" of a click command or group, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "actor-node": ("robot_sql.ros_actor:actor_node_command", "Actor on a Sawyer over ROS 2 (real arm via ros1_bridge, or sim-robot)."),
@@ -55,3 +57,4 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """robot-sql: soft Q-learning for a Rethink Sawyer, in simulation and on the real arm."""
+    keep_freed_memory()  # before any torch work: see robot_sql/malloc.py

@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from robot_sql.rundir import atomic_write_bytes
 
@@ -102,23 +103,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]  # in place: no new buffer per layer
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
 
 
 class QNetwork(nn.Module):
-    """Q(s, a) -> scalar; with twin=True two independent heads, combined by min in the target."""
+    """Q(s, a) -> scalar, an MLP on [s, a]; with twin=True two independent heads, combined by min in the target."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], twin: bool = False):
         super().__init__()
+        self.obs_dim = obs_dim
         sizes = [obs_dim + act_dim, *hidden_sizes, 1]
         self.heads = nn.ModuleList([mlp(sizes) for _ in range(2 if twin else 1)])
 
     def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
-        """observations [..., S], actions [..., D] -> [n_heads, ...]"""
-        inputs = torch.cat([observations, actions], dim=-1)
-        return torch.stack([head(inputs).squeeze(-1) for head in self.heads])
+        """observations [..., S], actions [..., D], broadcast against each other -> [n_heads, ...]
+
+        The first layer W [s, a] + b is computed as W_s s + W_a a + b, as the reference's
+        feedforward_net does: a state shared by M actions ([B, 1, S] with [B, M, D]) is then
+        multiplied once, not M times, and [s, a] is never copied together.
+        """
+        values = []
+        for head in self.heads:
+            first = head[0]
+            hidden = (F.linear(observations, first.weight[:, : self.obs_dim], first.bias)
+                      + F.linear(actions, first.weight[:, self.obs_dim :]))
+            for layer in head[1:]:
+                hidden = layer(hidden)
+            values.append(hidden.squeeze(-1))
+        return torch.stack(values)
 
 
 class Sampler(nn.Module):
@@ -137,7 +151,7 @@ class Sampler(nn.Module):
 
     def forward(self, observations: Tensor, noise: Tensor) -> Tensor:
         """observations [..., S], noise [..., D] -> actions [..., D] in (-1, 1)"""
-        hidden = torch.relu(self.obs_layer(observations) + self.noise_layer(noise))
+        hidden = torch.relu_(self.obs_layer(observations) + self.noise_layer(noise))
         return torch.tanh(self.body(hidden))
 
     @torch.no_grad()
@@ -171,27 +185,42 @@ class Sampler(nn.Module):
                 raise ValueError(f"weight {name} has shape {np.shape(value)}, expected {tuple(own[name].shape)}")
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"weight {name} contains NaN or inf")
-        self.load_state_dict({name: torch.as_tensor(np.asarray(value)) for name, value in weights.items()})
+        self.load_state_dict({name: torch.tensor(np.asarray(value)) for name, value in weights.items()})  # a copy: wire arrays are read-only
 
 
-def rbf_kernel(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def rbf_kernel(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     """Adaptive isotropic Gaussian kernel of the reference code (misc/kernel.py).
 
     xs [..., Kx, D], ys [..., Ky, D] ->
-      k      [..., Kx, Ky]      k(x, y) = exp(-||x - y||^2 / h)
-      grad_x [..., Kx, Ky, D]   d k(x, y) / dx = -2 (x - y) / h * k(x, y)
-      h      [...]              median of the Kx*Ky squared distances / log(Kx), at least 1e-3,
-                                treated as a constant (no gradient through h).
+      k  [..., Kx, Ky]   k(x, y) = exp(-||x - y||^2 / h)
+      h  [...]           median of the Kx*Ky squared distances / log(Kx), at least 1e-3,
+                         treated as a constant (no gradient through h).
+    Its gradient d k(x, y) / dx = -2 (x - y) / h * k(x, y) is used in `stein_direction`.
     """
-    diff = xs.unsqueeze(-2) - ys.unsqueeze(-3)  # [..., Kx, Ky, D]
-    dist_sq = diff.pow(2).sum(-1)  # [..., Kx, Ky]
+    # Distances from the differences (not the |x|^2 + |y|^2 - 2xy expansion, which cancels badly
+    # for close particles), without materialising the [..., Kx, Ky, D] differences.
+    dist_sq = torch.cdist(xs, ys, compute_mode="donot_use_mm_for_euclid_dist").square()  # [..., Kx, Ky]
     # torch.median returns the lower middle value, as the reference's top_k(n // 2 + 1) does.
     median = dist_sq.detach().flatten(-2).median(dim=-1).values  # [...]
     h = torch.clamp(median / math.log(xs.shape[-2]), min=KERNEL_MIN_BANDWIDTH)
-    h_ = h[..., None, None]
-    k = torch.exp(-dist_sq / h_)
-    grad_x = -2.0 * diff / h_.unsqueeze(-1) * k.unsqueeze(-1)
-    return k, grad_x, h
+    return torch.exp(-dist_sq / h[..., None, None]), h
+
+
+def stein_direction(fixed: Tensor, score: Tensor, updated: Tensor) -> tuple[Tensor, Tensor]:
+    """Stein variational direction at the updated particles, eq. (13):
+
+        Delta_i = 1/Kf sum_j [ k(a~_j, a_i) grad log p(a~_j) + grad_{a~_j} k(a~_j, a_i) ]
+
+    fixed [B, Kf, D] (the a~_j), score [B, Kf, D] (grad log p at them), updated [B, Ku, D] (the a_i)
+    -> Delta [B, Ku, D], bandwidth h [B]. With grad_{a~_j} k = -2/h (a~_j - a_i) k_ji both sums
+    are products with the kernel matrix, so the [B, Kf, Ku, D] kernel gradient is never formed:
+        Delta_i = 1/Kf [ (K^T score)_i - 2/h ((K^T a~)_i - a_i sum_j k_ji) ]
+    """
+    k, h = rbf_kernel(fixed, updated)  # [B, Kf, Ku], [B]
+    k_t = k.transpose(-1, -2)  # [B, Ku, Kf]
+    driving = torch.bmm(k_t, score)  # [B, Ku, D]: towards high density
+    repulsive = -2.0 / h[:, None, None] * (torch.bmm(k_t, fixed) - updated * k_t.sum(-1, keepdim=True))  # apart
+    return (driving + repulsive) / fixed.shape[1], h
 
 
 def soft_value(q_values: Tensor, act_dim: int) -> Tensor:
@@ -217,8 +246,9 @@ class SoftQLearning:
         self.q = QNetwork(config.obs_dim, config.act_dim, config.hidden_sizes, config.twin_q).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # initial copy, as in the reference
         self.sampler = Sampler(config.obs_dim, config.act_dim, config.hidden_sizes).to(self.device)
-        self.q_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.q_lr)
-        self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.policy_lr)
+        # fused: one kernel for all parameters instead of a dozen small ops per parameter
+        self.q_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.q_lr, fused=True)
+        self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.policy_lr, fused=True)
         self.updates = 0
 
     # ---- acting ---------------------------------------------------------------------------
@@ -238,19 +268,17 @@ class SoftQLearning:
         """
         obs, actions, rewards, next_obs, terminals = self._check_batch(batch)
         metrics = self._update_q(obs, actions, rewards, next_obs, terminals)
-        metrics.update(self.update_sampler(obs))
+        metrics.update(self._update_sampler(obs))
         self.updates += 1
         self._update_target()
-        return metrics
+        return _floats(metrics)
 
-    def _update_q(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminals: Tensor) -> dict[str, float]:
+    def _update_q(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminals: Tensor) -> dict[str, Tensor]:
         c = self.config
         with torch.no_grad():
             # One set of M uniform actions shared by the whole batch, as in the reference code.
             uniform_actions = torch.rand((c.value_particles, c.act_dim), generator=self.generator, device=self.device) * 2 - 1
-            batch_size = next_obs.shape[0]
-            next_obs_m = next_obs.unsqueeze(1).expand(batch_size, c.value_particles, c.obs_dim)  # [B, M, S]
-            target_q = self.q_target(next_obs_m, uniform_actions.expand(batch_size, -1, -1)).min(dim=0).values  # [B, M]
+            target_q = self.q_target(next_obs.unsqueeze(1), uniform_actions).min(dim=0).values  # [B, 1, S] x [M, D] -> [B, M]
             next_value = soft_value(target_q, c.act_dim)  # [B], eq. (10)
             # Soft Bellman backup (eq. 8), y treated as a constant.
             target = c.reward_scale * rewards + (1.0 - terminals) * c.discount * next_value  # [B]
@@ -261,35 +289,35 @@ class SoftQLearning:
         q_grad_norm = _grad_norm(self.q.parameters())
         self.q_optimizer.step()
         return {
-            "q_loss": q_loss.item(),
-            "q_mean": q_values.mean().item(),
-            "soft_value": next_value.mean().item(),
+            "q_loss": q_loss.detach(),
+            "q_mean": q_values.detach().mean(),
+            "soft_value": next_value.mean(),
             "q_grad_norm": q_grad_norm,
         }
 
     def update_sampler(self, obs: Tensor) -> dict[str, float]:
         """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]."""
+        return _floats(self._update_sampler(obs))
+
+    def _update_sampler(self, obs: Tensor) -> dict[str, Tensor]:
         c = self.config
-        batch_size = obs.shape[0]
-        obs_k = obs.unsqueeze(1).expand(batch_size, c.kernel_particles, c.obs_dim)  # [B, K, S]
-        noise = torch.randn((batch_size, c.kernel_particles, c.act_dim), generator=self.generator, device=self.device)
+        obs_1 = obs.unsqueeze(1)  # [B, 1, S]: broadcast against the K particles of each state
+        noise = torch.randn((obs.shape[0], c.kernel_particles, c.act_dim), generator=self.generator, device=self.device)
         # The fixed particles get no gradient through the sampler, so they are drawn without a
         # graph: the backward pass then runs over the Ku updated particles only, not all K.
         with torch.no_grad():
-            fixed = self.sampler(obs_k[:, : c.n_fixed], noise[:, : c.n_fixed])  # [B, Kf, D], the a~_j
+            fixed = self.sampler(obs_1, noise[:, : c.n_fixed])  # [B, Kf, D], the a~_j
         fixed.requires_grad_(True)
-        updated = self.sampler(obs_k[:, c.n_fixed :], noise[:, c.n_fixed :])  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
+        updated = self.sampler(obs_1, noise[:, c.n_fixed :])  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
 
         # Score of the target density exp(Q) on the squashed action box, at the fixed particles,
         # using the online Q (min over twin heads), with the tanh log-term of the reference code.
-        q_fixed = self.q(obs_k[:, : c.n_fixed], fixed).min(dim=0).values  # [B, Kf]
+        q_fixed = self.q(obs_1, fixed).min(dim=0).values  # [B, Kf]
         log_p = q_fixed + torch.log(1.0 - fixed.pow(2) + SQUASH_EPSILON).sum(-1)
         (score,) = torch.autograd.grad(log_p.sum(), fixed)  # [B, Kf, D]
 
-        # Stein variational direction, eq. (13):
-        #   Delta_i = mean_j [ k(a~_j, a_i) grad log p(a~_j) + grad_{a~_j} k(a~_j, a_i) ]
-        k, k_grad, bandwidth = rbf_kernel(fixed.detach(), updated.detach())  # [B, Kf, Ku], [B, Kf, Ku, D]
-        stein = (k.unsqueeze(-1) * score.unsqueeze(2) + k_grad).mean(dim=1)  # [B, Ku, D]
+        # Stein variational direction, eq. (13).
+        stein, bandwidth = stein_direction(fixed.detach(), score, updated.detach())  # [B, Ku, D], [B]
 
         # Eq. (14): move the sampler's outputs along Delta by back-propagating it through f(s, xi).
         surrogate = -(stein.detach() * updated).sum()
@@ -298,8 +326,8 @@ class SoftQLearning:
         sampler_grad_norm = _grad_norm(self.sampler.parameters())
         self.sampler_optimizer.step()
         return {
-            "kernel_bandwidth": bandwidth.mean().item(),
-            "stein_norm": stein.norm(dim=-1).mean().item(),
+            "kernel_bandwidth": bandwidth.mean(),
+            "stein_norm": stein.norm(dim=-1).mean(),
             "sampler_grad_norm": sampler_grad_norm,
         }
 
@@ -330,11 +358,12 @@ class SoftQLearning:
             value = torch.as_tensor(batch[key], dtype=torch.float32, device=self.device)
             if tuple(value.shape) != expected[key]:
                 raise ValueError(f"batch[{key!r}] has shape {tuple(value.shape)}, expected {expected[key]}")
-            if not torch.isfinite(value).all():
-                raise ValueError(f"batch[{key!r}] contains NaN or inf")
             tensors.append(value)
         if size < 1:
             raise ValueError("batch is empty")
+        finite = torch.stack([torch.isfinite(value).all() for value in tensors]).tolist()  # one sync for all five
+        if not all(finite):
+            raise ValueError(f"batch[{BATCH_KEYS[finite.index(False)]!r}] contains NaN or inf")
         return tuple(tensors)
 
     # ---- persistence ----------------------------------------------------------------------
@@ -409,6 +438,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _grad_norm(parameters) -> float:
-    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
+def _grad_norm(parameters) -> Tensor:
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+
+
+def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
+    """0-d metric tensors -> floats with one device-to-host copy (one sync on CUDA, not one per metric)."""
+    return dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))

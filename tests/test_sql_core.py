@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, rbf_kernel, soft_value
+from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, rbf_kernel, soft_value, stein_direction
 
 
 def test_kernel_value_and_gradient_match_finite_differences():
     torch.manual_seed(0)
     xs = torch.randn(3, 5, 2, dtype=torch.float64)
     ys = torch.randn(3, 4, 2, dtype=torch.float64)
-    k, grad_x, h = rbf_kernel(xs, ys)
+    k, h = rbf_kernel(xs, ys)
 
     # value: exp(-||x - y||^2 / h), h = median(squared distances) / log(Kx)
     for b in range(3):
@@ -22,21 +22,33 @@ def test_kernel_value_and_gradient_match_finite_differences():
         assert h[b].item() == pytest.approx(expected_h, rel=1e-12)
         assert torch.allclose(k[b], torch.exp(-dist_sq / expected_h))
 
-    # gradient w.r.t. the first argument, with h held fixed
+    # The Stein direction (eq. 13) from its definition, with the kernel's gradient with respect to
+    # the fixed particle taken by finite differences (h held fixed):
+    #   Delta_i = 1/Kf sum_j [ k(x_j, y_i) score_j + d k(x_j, y_i) / d x_j ]
+    score = torch.randn(3, 5, 2, dtype=torch.float64)
+    stein, stein_h = stein_direction(xs, score, ys)
+    assert torch.equal(stein_h, h)
     eps = 1e-6
-    for b, i, j, d in [(0, 0, 0, 0), (1, 2, 3, 1), (2, 4, 1, 0), (0, 3, 2, 1)]:
-        def k_at(shift):
-            x = xs[b, i].clone()
-            x[d] += shift
-            return torch.exp(-((x - ys[b, j]) ** 2).sum() / h[b])
 
-        numeric = (k_at(eps) - k_at(-eps)) / (2 * eps)
-        assert grad_x[b, i, j, d].item() == pytest.approx(numeric.item(), rel=1e-6, abs=1e-9)
+    def kernel_at(b, x, y):
+        return torch.exp(-((x - y) ** 2).sum() / h[b])
+
+    for b in range(3):
+        for i in range(4):
+            expected = torch.zeros(2, dtype=torch.float64)
+            for j in range(5):
+                gradient = torch.zeros(2, dtype=torch.float64)
+                for d in range(2):
+                    step = torch.zeros(2, dtype=torch.float64)
+                    step[d] = eps
+                    gradient[d] = (kernel_at(b, xs[b, j] + step, ys[b, i]) - kernel_at(b, xs[b, j] - step, ys[b, i])) / (2 * eps)
+                expected += kernel_at(b, xs[b, j], ys[b, i]) * score[b, j] + gradient
+            assert torch.allclose(stein[b, i], expected / 5, rtol=1e-6, atol=1e-9), (b, i)
 
 
 def test_kernel_bandwidth_has_a_floor():
     same = torch.zeros(1, 4, 2)
-    _, _, h = rbf_kernel(same, same)
+    _, h = rbf_kernel(same, same)
     assert h.item() == pytest.approx(1e-3)
 
 

@@ -59,25 +59,35 @@ def mlp_flops(rows: int, sizes: list[int], weight_grads: bool, input_grads: str 
     return total
 
 
+def two_input_mlp_flops(obs_rows: int, other_rows: int, rows: int, obs_dim: int, other_dim: int, sizes: list[int],
+                        weight_grads: bool, other_input_grads: bool) -> int:
+    """Matmul FLOPs of the Q-function and the sampler: a first layer W_s s + W_x x whose two parts
+    run on their own rows (a state broadcast over its particles is multiplied once), then an MLP
+    `sizes` on `rows`. Observations never need a gradient; x does when `other_input_grads`."""
+    backward = weight_grads or other_input_grads
+    return (mlp_flops(obs_rows, [obs_dim, sizes[0]], weight_grads, None)
+            + mlp_flops(other_rows, [other_dim, sizes[0]], weight_grads, "all" if other_input_grads else None)
+            + mlp_flops(rows, sizes, weight_grads, "all" if backward else None))
+
+
 def update_matmul_flops(c: SQLConfig) -> int:
     """Matmul FLOPs of one `SoftQLearning.update`, term by term as the update runs them."""
     heads = 2 if c.twin_q else 1
-    q_sizes = [c.obs_dim + c.act_dim, *c.hidden_sizes, 1]
-    batch = c.batch_size
-    # Target: Q_target on B x M uniform actions, forward only.
-    target = heads * mlp_flops(batch * c.value_particles, q_sizes, weight_grads=False, input_grads=None)
-    # Q step: forward on the batch, backward to the weights (the input needs no gradient).
-    q_step = heads * mlp_flops(batch, q_sizes, weight_grads=True, input_grads="hidden")
-    # Sampler: forward of the B x Kf fixed particles; forward and backward of the B x Ku updated
-    # ones. Its first layer is two matrices (observation, noise) whose inputs need no gradient.
-    sampler = 0
-    for rows, backward in ((batch * c.n_fixed, False), (batch * c.n_updated, True)):
-        for sizes in ([c.obs_dim, c.hidden_sizes[0]], [c.act_dim, c.hidden_sizes[0]]):
-            sampler += mlp_flops(rows, sizes, weight_grads=backward, input_grads=None)
-        sampler += mlp_flops(rows, [*c.hidden_sizes, c.act_dim], weight_grads=backward, input_grads="all" if backward else None)
+    q_sizes = [*c.hidden_sizes, 1]
+    sampler_sizes = [*c.hidden_sizes, c.act_dim]
+    batch, m, fixed, updated = c.batch_size, c.value_particles, c.batch_size * c.n_fixed, c.batch_size * c.n_updated
+    # Target: Q_target on B states x the same M uniform actions, forward only.
+    target = heads * two_input_mlp_flops(batch, m, batch * m, c.obs_dim, c.act_dim, q_sizes, False, False)
+    # Q step: forward on the batch, backward to the weights.
+    q_step = heads * two_input_mlp_flops(batch, batch, batch, c.obs_dim, c.act_dim, q_sizes, True, False)
+    # Sampler: forward of the B x Kf fixed particles; forward and backward of the B x Ku updated ones.
+    sampler = (two_input_mlp_flops(batch, fixed, fixed, c.obs_dim, c.act_dim, sampler_sizes, False, False)
+               + two_input_mlp_flops(batch, updated, updated, c.obs_dim, c.act_dim, sampler_sizes, True, False))
     # Score: Q on the B x Kf fixed particles, differentiated w.r.t. the actions only.
-    score = heads * mlp_flops(batch * c.n_fixed, q_sizes, weight_grads=False, input_grads="all")
-    return target + q_step + sampler + score
+    score = heads * two_input_mlp_flops(batch, fixed, fixed, c.obs_dim, c.act_dim, q_sizes, False, True)
+    # Stein direction: the transposed kernel matrix [Ku, Kf] times the scores and the fixed particles [Kf, D].
+    stein = 2 * 2 * batch * c.n_updated * c.n_fixed * c.act_dim
+    return target + q_step + sampler + score + stein
 
 
 def counted_flops(step) -> int:
@@ -212,9 +222,12 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
         square_rates.append(timed_rate(square_step, device, seconds) * 2 * square ** 3 / 1e9)
         if sac:
             sac_rates.append(timed_rate(lambda: sac.train(gradient_steps=1, batch_size=batch_size), device, seconds))
-    # Each figure is its best round: the one least disturbed by other processes (medians kept too).
+    # Each rate is its best round: the one least disturbed by other processes (medians kept too).
+    # The fractions are ratios within a round (measured back to back), medians over the rounds.
     sql_rate, ceiling_rate, square_gflops = max(sql_rates), max(ceiling_rates), max(square_rates)
     sac_rate = max(sac_rates) if sac else None
+    fractions = [sql / ceiling for sql, ceiling in zip(sql_rates, ceiling_rates)]
+    square_fractions = [sql * counted / 1e9 / peak for sql, peak in zip(sql_rates, square_rates)]
     result = {
         "obs_dim": obs_dim, "act_dim": act_dim, "batch_size": batch_size, "hidden_sizes": list(hidden),
         "kernel_particles": config.kernel_particles, "value_particles": config.value_particles, "twin_q": twin_q,
@@ -226,9 +239,10 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
         "sql_gflops_per_s": sql_rate * counted / 1e9,
         "ceiling_gflops_per_s": ceiling_rate * replayed / 1e9,
         "ceiling_updates_per_s": ceiling_rate,
-        "fraction_of_ceiling": sql_rate / ceiling_rate,
+        "fraction_of_ceiling": statistics.median(fractions),
+        "fraction_of_ceiling_range": [min(fractions), max(fractions)],
         "square_matmul_gflops_per_s": square_gflops,
-        "fraction_of_square_matmul": sql_rate * counted / 1e9 / square_gflops,
+        "fraction_of_square_matmul": statistics.median(square_fractions),
         "sac_updates_per_s": sac_rate,
         "sac_update_flops": sac_flops,
         "sql_over_sac_updates": sql_rate / sac_rate if sac else None,
@@ -236,11 +250,12 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
                     "sac_updates_per_s": statistics.median(sac_rates) if sac else None,
                     "square_matmul_gflops_per_s": statistics.median(square_rates)},
         "rounds": {"sql_updates_per_s": sql_rates, "ceiling_updates_per_s": ceiling_rates, "sac_updates_per_s": sac_rates,
-                   "square_matmul_gflops_per_s": square_rates},
+                   "square_matmul_gflops_per_s": square_rates, "fraction_of_ceiling": fractions},
     }
     sac_text = f"SAC {sac_rate:.0f}/s (SQL/SAC {sql_rate / sac_rate:.2f})" if sac else "SAC not installed (pip install -e .[bench])"
     click.echo(f"{name}: SQL {sql_rate:.0f} updates/s, {counted / 1e6:.1f} MFLOP/update, {result['sql_gflops_per_s']:.1f} GFLOP/s "
-               f"= {result['fraction_of_ceiling']:.2f} of the matmul ceiling ({result['ceiling_gflops_per_s']:.1f} GFLOP/s), "
+               f"= {result['fraction_of_ceiling']:.2f} of the matmul ceiling ({result['ceiling_gflops_per_s']:.1f} GFLOP/s; "
+               f"rounds {min(fractions):.2f}-{max(fractions):.2f}), "
                f"{result['fraction_of_square_matmul']:.2f} of a {square}x{square} matmul ({square_gflops:.1f} GFLOP/s); "
                f"{sac_text}")
     return result
@@ -255,8 +270,9 @@ def cpu_name() -> str:
 @click.command("learner")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for the results.")
 @click.option("--device", default="auto", show_default=True, help="auto = cuda if available, else cpu.")
-@click.option("--rounds", default=5, show_default=True, help="Alternating SQL / ceiling / SAC / square timings per case (best kept).")
-@click.option("--seconds", default=1.0, show_default=True, help="Length of one timing.")
+@click.option("--rounds", default=9, show_default=True,
+              help="Alternating SQL / ceiling / square / SAC timings per case (best rates; median of the per-round fractions).")
+@click.option("--seconds", default=0.5, show_default=True, help="Length of one timing.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice).")
 @click.option("--twin-q", is_flag=True, help="SQL with twin Q-functions (SAC always has two).")
 @click.option("--square", default=2048, show_default=True, help="Size of the square matmul for the machine's peak rate.")
