@@ -34,6 +34,7 @@ import zmq
 from robot_sql.config import ConfigError, load_settings
 from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client,
                                 secure_server, start_authenticator)
+from robot_sql.replay import pack_transition
 from robot_sql.safety import GuardedRobot, guard_sawyer
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
@@ -119,7 +120,7 @@ class ActorLink(threading.Thread):
         for socket in (data, weights, control.socket if control else None):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
-        batch: list[tuple] = []
+        batch: list[np.ndarray] = []
         batch_started = last_ping = 0.0
         was_connected = False
         while not self.stopping.is_set():
@@ -165,13 +166,12 @@ class ActorLink(threading.Thread):
         except zmq.Again:  # not connected, or the pipe is full: keep it for later
             return False
 
-    def _seal(self, batch: list[tuple]) -> None:
-        """Number a batch and keep it until acknowledged; drop the oldest beyond the bound."""
-        columns = {key: np.asarray([row[i] for row in batch], dtype=np.float32)
-                   for i, key in enumerate(("observations", "actions", "rewards", "next_observations", "terminals"))}
+    def _seal(self, batch: list[np.ndarray]) -> None:
+        """Number a batch of transition rows and keep it until acknowledged; drop the oldest beyond the bound."""
         self.seq += 1
-        self.unacked[self.seq] = [encode("transitions", self.name, session=self.session, seq=self.seq, batch=columns),
-                                  len(batch), -float("inf")]
+        frame = encode("transitions", self.name, session=self.session, seq=self.seq, obs_dim=self.obs_dim,
+                       act_dim=self.act_dim, rows=np.stack(batch))
+        self.unacked[self.seq] = [frame, len(batch), -float("inf")]
         self.unacked_rows += len(batch)
         while self.unacked_rows > self.settings.max_unacked_transitions:
             _, (_, rows, _) = self.unacked.popitem(last=False)
@@ -340,7 +340,7 @@ class Actor:
         action = self.policy.act(self.observation, generator=self.generator)
         next_observation, reward, terminated, truncated, info = self.env.step(action)
         next_observation = np.asarray(next_observation, dtype=np.float32).ravel()
-        self.link.outgoing.append((self.observation, action, float(reward), next_observation, float(terminated)))
+        self.link.outgoing.append(pack_transition(self.observation, action, float(reward), next_observation, terminated))
         self.steps += 1
         self.episode_return += float(reward)
         self.episode_length += 1

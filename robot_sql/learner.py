@@ -1,9 +1,10 @@
 """The learner service: stores transitions durably, trains SQL, publishes weights.
 
 Two threads:
-  * the I/O thread owns every socket. It validates each frame and appends transitions to the
-    replay store, whose own thread fsyncs them in groups; a batch is acknowledged once an fsync
-    covers it, while later frames keep arriving. It answers pings and control requests
+  * the I/O thread owns every socket. It validates each frame, appends transitions to the
+    replay store and writes them to its log once per batch of frames (up to DRAIN_FRAMES); the
+    store's own thread fsyncs in groups, and a batch is acknowledged once an fsync covers it,
+    while later frames keep arriving. It answers pings and control requests
     and publishes the weight frames the training thread hands it. It never waits on torch.
   * the training (main) thread runs SQL updates while updates < utd_ratio * (transitions
     stored - min_replay), publishes a new weight version every `publish_every` updates, and
@@ -45,6 +46,7 @@ from robot_sql.train import check_box_spaces, make_sql_config
 SOURCE = "learner"
 VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
 DRAIN_FRAMES = 32  # data frames taken per poll; then acks for what has become durable go out
+MAX_TRACKED_SESSIONS = 1024  # actor sessions in the status table; the least recently heard goes first
 ACTOR_SILENT_S = 5.0  # an actor not heard from for this long counts as gone (it pings every 0.5 s)
 log = logging.getLogger("robot_sql.learner")
 
@@ -125,7 +127,7 @@ class Learner:
 
     def _check_transitions(self, message) -> None:
         if message.type == "transitions":
-            check_transitions(message.body["batch"], self.store.obs_dim, self.store.act_dim, self.settings.max_batch_transitions)
+            check_transitions(message.body, self.store.obs_dim, self.store.act_dim, self.settings.max_batch_transitions)
 
     def _bind(self, kind: int, offset: int, name: str, accept: set[str], check=None):
         socket = self.context.socket(kind)
@@ -184,10 +186,15 @@ class Learner:
                 break
             envelope, message, frame = received
             session = message.body["session"]
-            info = self.sessions.setdefault(session, {"sender": message.sender, "transitions": 0, "last_seen": 0.0})
-            if time.time() - info["last_seen"] > ACTOR_SILENT_S:
+            info = self.sessions.get(session)
+            if info is None:
+                if len(self.sessions) >= MAX_TRACKED_SESSIONS:  # a flood of made-up sessions cannot grow the table
+                    del self.sessions[min(self.sessions, key=lambda known: self.sessions[known]["last_seen"])]
+                info = self.sessions[session] = {"sender": message.sender, "transitions": 0, "last_seen": 0.0}
+            now = time.time()
+            if now - info["last_seen"] > ACTOR_SILENT_S:
                 self._event("actor", f"actor {message.sender} (session {session}) connected")
-            info["last_seen"] = time.time()
+            info["last_seen"] = now
             if message.type == "transitions":
                 rows = self.store.append(message, frame)
                 info["transitions"] += rows
@@ -198,6 +205,7 @@ class Learner:
                 self.data.send(envelope, encode("pong", self.sender, weight_version=self.weight_version))
             else:  # stats
                 self.metrics.log(message.sender, self.agent.updates, message.body["values"])
+        self.store.flush()
         self._acknowledge_durable()
         if stored:
             self.data_arrived.set()

@@ -19,13 +19,23 @@ TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 TOP_PAD_BYTES = 64 * 1024 * 1024
 
 
+def _glibc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to tune
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to tune
-        return False
-    return all(mallopt(option, value) == 1 for option, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
-                                                               (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
-                                                               (M_TOP_PAD, TOP_PAD_BYTES)))
+    mallopt = _glibc_function("mallopt")
+    return mallopt is not None and all(
+        mallopt(option, value) == 1 for option, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+                                                         (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_TOP_PAD, TOP_PAD_BYTES)))
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS now (glibc's malloc_trim), e.g. before reading the RSS."""
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)

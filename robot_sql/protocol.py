@@ -4,7 +4,9 @@ No pickle anywhere: a frame is a msgpack map with a message `type`, the protocol
 and the `sender` id, plus the fields of that type. Arrays travel as
 {"dtype": "<f4", "shape": [...], "data": bytes} with an allow-list of little-endian dtypes.
 Every frame is validated before any of it is used; a bad one raises `ProtocolError` whose
-`kind` says what was wrong (the receivers count rejections per kind).
+`kind` says what was wrong (the receivers count rejections per kind). Arrays are read-only
+views of msgpack's copy of their bytes. A transitions message carries its batch as one float32
+array of rows (layout in robot_sql/replay.py) with the dimensions it was made for.
 
 Sockets (a learner binds three consecutive ports from `port`):
     port      data     ROUTER  <- actor DEALER: transitions, ping, stats; -> ack, pong, error
@@ -29,7 +31,9 @@ import numpy as np
 import zmq
 import zmq.auth
 
-PROTOCOL_VERSION = 1
+from robot_sql.replay import transition_width
+
+PROTOCOL_VERSION = 2  # 2: a transitions message carries one array of rows (robot_sql/replay.py), not five columns
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
 MAX_ARRAY_DIMS = 4
@@ -37,7 +41,6 @@ MAX_NAME_LENGTH = 256
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "|b1"})
 ITEMSIZES = {dtype: np.dtype(dtype).itemsize for dtype in ALLOWED_DTYPES}
 FLOAT_DTYPES = frozenset({"<f4", "<f8"})
-TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
 # why a frame was rejected; receivers keep one counter per kind
 REJECT_KINDS = (
@@ -143,7 +146,8 @@ def decode_array(value: Any) -> np.ndarray:
     itemsize = ITEMSIZES[dtype]
     if count * itemsize != len(data):
         raise ProtocolError("shape", f"shape {shape} of {dtype} needs {count * itemsize} bytes, got {len(data)}")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # writable, and independent of the frame
+    # A read-only view of msgpack's own copy of the bytes: independent of the frame, no second copy.
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     if dtype in FLOAT_DTYPES and not np.isfinite(array).all():
         raise ProtocolError("nonfinite", "array contains NaN or inf")
     return array
@@ -156,7 +160,7 @@ def _arrays(value: Any) -> dict[str, np.ndarray]:
 
 
 SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "transitions": {"session": _text, "seq": _integer, "batch": _arrays},
+    "transitions": {"session": _text, "seq": _integer, "obs_dim": _integer, "act_dim": _integer, "rows": decode_array},
     "ack": {"session": _text, "seqs": _integers},
     "ping": {"session": _text},
     "pong": {"weight_version": _integer},
@@ -216,19 +220,21 @@ def decode(frame: bytes, accept: frozenset[str] | set[str], max_bytes: int = MAX
     return Message(message_type, sender, {name: check(raw[name]) for name, check in schema.items()})
 
 
-def check_transitions(batch: dict[str, np.ndarray], obs_dim: int, act_dim: int, max_rows: int) -> int:
-    """Check a decoded transition batch against the learner's dimensions; return its row count."""
-    if set(batch) != set(TRANSITION_KEYS):
-        raise ProtocolError("schema", f"a transition batch has exactly {list(TRANSITION_KEYS)}")
-    rows = len(batch["rewards"]) if batch["rewards"].ndim == 1 else -1
-    expected = {"observations": (rows, obs_dim), "actions": (rows, act_dim), "rewards": (rows,),
-                "next_observations": (rows, obs_dim), "terminals": (rows,)}
-    for name, shape in expected.items():
-        if batch[name].shape != shape:
-            raise ProtocolError("shape", f"{name} has shape {batch[name].shape}, expected {shape}")
-    if not 1 <= rows <= max_rows:
-        raise ProtocolError("oversized" if rows > max_rows else "shape", f"{rows} transitions (allowed 1 to {max_rows})")
-    return rows
+def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows: int) -> int:
+    """Check a decoded transitions message against the learner's dimensions; return its row count."""
+    if (body["obs_dim"], body["act_dim"]) != (obs_dim, act_dim):
+        raise ProtocolError("shape", f"transitions of (obs_dim, act_dim) = {(body['obs_dim'], body['act_dim'])}, "
+                                     f"this learner's environment has {(obs_dim, act_dim)}")
+    rows = body["rows"]
+    if rows.dtype != np.float32:  # what the replay buffer stores: no lossy cast
+        raise ProtocolError("dtype", "transition rows must be float32 ('<f4')")
+    width = transition_width(obs_dim, act_dim)
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ProtocolError("shape", f"transition rows have shape {rows.shape}, expected [n, {width}]")
+    if not 1 <= len(rows) <= max_rows:
+        raise ProtocolError("oversized" if len(rows) > max_rows else "shape",
+                            f"{len(rows)} transitions (allowed 1 to {max_rows})")
+    return len(rows)
 
 
 # ---- ROUTER framing ----------------------------------------------------------------------------
@@ -269,12 +275,15 @@ class RouterEndpoint:
         self.check = check  # the receiver's own checks (e.g. array shapes), raising ProtocolError
         self.counter = RejectCounter(name)
 
-    def receive(self) -> tuple[list[bytes], Message, bytes] | None:
-        """One queued message if valid: (return envelope, message, payload); None if none queued or it was rejected."""
+    def receive(self) -> tuple[list[bytes], Message, memoryview] | None:
+        """One queued message if valid: (return envelope, message, payload); None if none queued or it was rejected.
+
+        The payload is a read-only view of ZeroMQ's buffer (no copy out of the socket)."""
         try:
-            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        frames = [part.bytes for part in parts[:-1]] + [part.buffer for part in parts[-1:]]
         envelope = frames[:1]
         try:
             envelope, payload = split_routed(frames)

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from robot_sql.replay import BATCH_KEYS
 from robot_sql.rundir import atomic_write_bytes
 
-BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 SQUASH_EPSILON = 1e-6  # inside log(1 - a^2 + eps), as in the reference code
 KERNEL_MIN_BANDWIDTH = 1e-3
 

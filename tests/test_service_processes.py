@@ -145,7 +145,7 @@ def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_throug
 
     store = ReplayStore(service.run_dir / "replay", obs_dim=2, act_dim=2, capacity=100_000)
     for name in actors:
-        stored = store.seen[after[name]["session"]]
+        stored = set(store.seen[after[name]["session"]])
         assert acked_seqs(before[name]) <= stored and acked_seqs(after[name]) <= stored
         assert len(acked_seqs(after[name])) > len(acked_seqs(before[name]))
         # the longest control period over the whole run, gap and restart included (period 20 ms)
@@ -220,8 +220,7 @@ message_like = st.fixed_dictionaries(
     {"type": st.sampled_from(["transitions", "ping", "stats", "request", "weights", "ack", "nope"]) | st.text(max_size=5),
      "v": st.sampled_from([PROTOCOL_VERSION, 0, 2, -1]) | plain, "sender": st.text(max_size=8) | plain},
     optional={"session": st.text(max_size=8) | plain, "seq": st.integers(-5, 2 ** 40) | plain,
-              "batch": st.dictionaries(st.sampled_from(["observations", "actions", "rewards", "next_observations",
-                                                        "terminals", "junk"]), array_like | plain, max_size=6),
+              "obs_dim": st.integers(-1, 5) | plain, "act_dim": st.integers(-1, 5) | plain, "rows": array_like | plain,
               "command": st.sampled_from(["status", "stop", "pause"]) | plain, "args": plain,
               "values": st.dictionaries(st.text(max_size=6), st.floats() | plain, max_size=4)})
 
@@ -245,25 +244,21 @@ def hypothesis_frames(count: int) -> list[bytes]:
 
 def malformed_frames(count: int, max_frame_bytes: int) -> list[bytes]:
     rng = np.random.default_rng(0)
-    good = encode("transitions", "fuzz", session="fuzz", seq=1, batch={
-        "observations": np.zeros((8, 2), np.float32), "actions": np.zeros((8, 2), np.float32),
-        "rewards": np.zeros(8, np.float32), "next_observations": np.zeros((8, 2), np.float32),
-        "terminals": np.zeros(8, np.float32)})
-    nan_rewards = np.zeros(8, np.float32)
-    nan_rewards[3] = np.nan
+    good = encode("transitions", "fuzz", session="fuzz", seq=1, obs_dim=2, act_dim=2, rows=np.zeros((8, 8), np.float32))
+    nan_rows = np.zeros((8, 8), np.float32)
+    nan_rows[3, 4] = np.nan  # a reward
     share = count // 6
     frames = hypothesis_frames(count - 5 * share)
     frames += [rng.bytes(int(n)) for n in rng.integers(0, 300, share)]
     frames += [good[: int(n)] for n in rng.integers(0, len(good), share)]  # truncated msgpack
     huge = [b"\xc6\xff\xff\xff\xff", b"\xdd\x7f\xff\xff\xff", b"\xdf\x7f\xff\xff\xff", b"\xdb\xff\xff\xff\xf0",
-            msgpack.packb({"type": "weights", "v": 1, "sender": "f", "run": "r", "version": 1, "hidden_sizes": [1],
+            msgpack.packb({"type": "weights", "v": PROTOCOL_VERSION, "sender": "f", "run": "r", "version": 1, "hidden_sizes": [1],
                            "weights": {"w": {"dtype": "<f4", "shape": [2 ** 30, 2 ** 30], "data": b""}}})]
     frames += [huge[i % len(huge)] + rng.bytes(int(i % 7)) for i in range(share - 3)] + [b"\x00" * (max_frame_bytes + 1)] * 3
-    frames += [encode("transitions", "fuzz", session="fuzz", seq=int(i), batch={
-        "observations": np.zeros((8, 2), np.float32), "actions": np.zeros((8, 2), np.float32), "rewards": nan_rewards,
-        "next_observations": np.full((8, 2), np.inf if i % 2 else 0.0, np.float32), "terminals": np.zeros(8, np.float32)})
-        for i in range(share)]
-    frames += [msgpack.packb({**msgpack.unpackb(good), "v": int(v)}) for v in rng.integers(2, 1000, share)]
+    frames += [encode("transitions", "fuzz", session="fuzz", seq=int(i), obs_dim=2, act_dim=2,
+                      rows=nan_rows if i % 2 else np.full((8, 8), np.inf, np.float32)) for i in range(share)]
+    other_versions = (v for v in rng.integers(0, 1000, 2 * share) if v != PROTOCOL_VERSION)  # 1: before rows
+    frames += [msgpack.packb({**msgpack.unpackb(good), "v": int(next(other_versions))}) for _ in range(share)]
     rng.shuffle(frames)
     assert len(frames) == count
     return frames

@@ -17,7 +17,8 @@ from hypothesis import given, settings, strategies as st
 from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, RouterEndpoint,
                                 check_transitions, decode, encode, keygen_command, secure_client, secure_server,
                                 start_authenticator)
-from robot_sql.replay_store import ReplayStore
+from robot_sql.replay import pack_batch, unpack_rows
+from robot_sql.replay_store import ReplayStore, SequenceSet
 
 
 def transitions(rows: int, obs_dim: int = 2, act_dim: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -29,17 +30,22 @@ def transitions(rows: int, obs_dim: int = 2, act_dim: int = 2, seed: int = 0) ->
             "terminals": np.zeros(rows, np.float32)}
 
 
-def transitions_frame(seq: int, rows: int = 4, session: str = "s1", **kwargs) -> bytes:
-    return encode("transitions", "actor-test", session=session, seq=seq, batch=transitions(rows, seed=seq, **kwargs))
+def rows_frame(seq: int, rows: np.ndarray, obs_dim: int = 2, act_dim: int = 2, session: str = "s1") -> bytes:
+    return encode("transitions", "actor-test", session=session, seq=seq, obs_dim=obs_dim, act_dim=act_dim, rows=rows)
+
+
+def transitions_frame(seq: int, rows: int = 4, session: str = "s1", obs_dim: int = 2, act_dim: int = 2) -> bytes:
+    batch = transitions(rows, obs_dim, act_dim, seed=seq)
+    return rows_frame(seq, pack_batch(batch, obs_dim, act_dim), obs_dim, act_dim, session)
 
 
 def test_round_trip_keeps_arrays_exact():
     batch = transitions(5, seed=7)
     message = decode(transitions_frame(7, 5), {"transitions"})
     assert (message.type, message.sender, message.body["seq"]) == ("transitions", "actor-test", 7)
-    for name, array in batch.items():
-        np.testing.assert_array_equal(message.body["batch"][name], array)
-    assert check_transitions(message.body["batch"], 2, 2, max_rows=10) == 5
+    for name, array in unpack_rows(message.body["rows"], 2, 2).items():
+        np.testing.assert_array_equal(array, batch[name])
+    assert check_transitions(message.body, 2, 2, max_rows=10) == 5
 
 
 def raw(**fields) -> bytes:
@@ -60,7 +66,8 @@ def weights_frame(weights: dict, version=1) -> bytes:
     (b"\xc1", {"ping"}, "malformed"),  # never-used msgpack byte
     (b"\xdb\xff\xff\xff\xffab", {"ping"}, "malformed"),  # str32 declaring 4 GiB
     (msgpack.packb([1, 2, 3]), {"ping"}, "malformed"),
-    (raw(v=2), {"ping"}, "version"),
+    (raw(v=PROTOCOL_VERSION + 1), {"ping"}, "version"),
+    (raw(v=1), {"ping"}, "version"),  # five-column transitions, before rows
     (raw(v="1"), {"ping"}, "version"),
     (raw(type="reboot"), {"ping"}, "unknown_type"),
     (raw(), {"transitions"}, "unexpected"),
@@ -84,13 +91,30 @@ def test_bad_frames_raise_a_typed_error(frame, accept, kind):
 def test_oversized_frame_and_wrong_transition_shapes_are_rejected():
     with pytest.raises(ProtocolError, match="oversized"):
         decode(b"\x00" * 2048, {"ping"}, max_bytes=1024)
-    batch = decode(transitions_frame(1, obs_dim=3), {"transitions"}).body["batch"]
-    with pytest.raises(ProtocolError) as error:
-        check_transitions(batch, obs_dim=2, act_dim=2, max_rows=100)
+    body = decode(transitions_frame(1, obs_dim=3), {"transitions"}).body
+    with pytest.raises(ProtocolError, match=r"\(3, 2\), this learner's environment has \(2, 2\)") as error:
+        check_transitions(body, obs_dim=2, act_dim=2, max_rows=100)
     assert error.value.kind == "shape"
+    # rows whose width does not match the dimensions they claim
+    body = decode(rows_frame(1, np.zeros((4, 9), np.float32)), {"transitions"}).body
+    with pytest.raises(ProtocolError, match=r"expected \[n, 8\]"):
+        check_transitions(body, 2, 2, max_rows=100)
     with pytest.raises(ProtocolError) as error:
-        check_transitions(decode(transitions_frame(1, rows=50), {"transitions"}).body["batch"], 2, 2, max_rows=10)
+        check_transitions(decode(transitions_frame(1, rows=50), {"transitions"}).body, 2, 2, max_rows=10)
     assert error.value.kind == "oversized"
+
+
+def test_transition_rows_must_be_float32_and_finite():
+    rows = pack_batch(transitions(3), 2, 2)
+    with pytest.raises(ProtocolError) as error:
+        check_transitions(decode(rows_frame(1, rows.astype(np.float64)), {"transitions"}).body, 2, 2, max_rows=10)
+    assert error.value.kind == "dtype"  # the buffer is float32: 1e300 in float64 would become inf there
+    rows[:, 4] = 3e38  # rewards: huge but finite
+    np.testing.assert_array_equal(decode(rows_frame(1, rows), {"transitions"}).body["rows"], rows)
+    for bad in (np.inf, -np.inf, np.nan):
+        rows[2, 4] = bad
+        with pytest.raises(ProtocolError, match="nonfinite"):
+            decode(rows_frame(1, rows), {"transitions"})
 
 
 plain = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
@@ -100,7 +124,7 @@ plain = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 -
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(payload=st.binary(max_size=200) | plain.map(msgpack.packb),
-       fields=st.dictionaries(st.sampled_from(["type", "v", "sender", "session", "seq", "batch", "seqs"]), plain))
+       fields=st.dictionaries(st.sampled_from(["type", "v", "sender", "session", "seq", "obs_dim", "act_dim", "rows", "seqs"]), plain))
 def test_any_input_gives_a_message_or_a_protocol_error(payload, fields):
     for frame in (payload, msgpack.packb(fields)):
         try:
@@ -123,12 +147,24 @@ def test_store_survives_reopen_ignores_duplicates_and_cuts_a_torn_tail(tmp_path)
     with open(segment, "ab") as file:  # a crash in the middle of writing a fourth record
         file.write(b"RSQ1\x40\x00\x00\x00garbage")
     reopened = ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100)
-    assert len(reopened) == 12 and reopened.seen == {"s1": {1, 2, 3}}
+    assert len(reopened) == 12 and {session: set(seqs) for session, seqs in reopened.seen.items()} == {"s1": {1, 2, 3}}
     np.testing.assert_array_equal(reopened.buffer.contents()["observations"][:4], transitions(4, seed=1)["observations"])
     frame = transitions_frame(4)
     reopened.append(decode(frame, {"transitions"}), frame)
     reopened.close()
-    assert ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100).seen == {"s1": {1, 2, 3, 4}}
+    assert set(ReplayStore(tmp_path, obs_dim=2, act_dim=2, capacity=100).seen["s1"]) == {1, 2, 3, 4}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 60), max_size=80))
+def test_sequence_set_is_a_set_of_few_intervals(numbers):
+    seen = SequenceSet()
+    for n in numbers:
+        seen.add(n)
+    assert set(seen) == set(numbers) and all((n in seen) == (n in numbers) for n in range(0, 62))
+    # intervals are sorted, disjoint and never adjacent (adjacent ones are merged)
+    assert all(start <= end for start, end in zip(seen.starts, seen.ends))
+    assert all(end + 1 < start for end, start in zip(seen.ends, seen.starts[1:]))
 
 
 def test_store_commits_in_the_background_and_reports_a_failing_disk(tmp_path, monkeypatch):
@@ -136,6 +172,8 @@ def test_store_commits_in_the_background_and_reports_a_failing_disk(tmp_path, mo
     for seq in (1, 2, 3):
         frame = transitions_frame(seq)
         store.append(decode(frame, {"transitions"}), frame)
+    assert len(store) == 12 and store.appended == 0  # in the buffer at once, in the log at the next flush
+    store.flush()
     assert select.select([store.durable_signal], [], [], 5.0)[0], "no durable signal within 5 s"
     deadline = time.monotonic() + 5.0
     while store.durable < 3 and time.monotonic() < deadline:  # one fsync may cover only the first records
@@ -149,6 +187,7 @@ def test_store_commits_in_the_background_and_reports_a_failing_disk(tmp_path, mo
     monkeypatch.setattr("robot_sql.replay_store.os.fdatasync", broken_disk)
     frame = transitions_frame(4)
     store.append(decode(frame, {"transitions"}), frame)
+    store.flush()
     assert select.select([store.durable_signal], [], [], 5.0)[0], "a failing fsync was not signalled"
     assert isinstance(store.failure, OSError) and store.durable == 3  # the fourth batch never counts as durable
 

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -31,7 +32,9 @@ import numpy as np
 import yaml
 import zmq
 
+from robot_sql.malloc import release_free_memory
 from robot_sql.protocol import ControlClient, ControlError, decode, encode
+from robot_sql.replay import pack_batch
 
 # (name, obs_dim, act_dim, hidden sizes): MultiGoal with the reference code's sizes, the Sawyer tasks
 REFERENCE_NETWORKS = [("multigoal-128x128", 2, 2, (128, 128)), ("sawyer-128x128", 23, 7, (128, 128)),
@@ -46,7 +49,9 @@ def transitions_frames(session: str, count: int, rows: int, obs_dim: int, act_di
              "rewards": rng.normal(size=rows).astype(np.float32),
              "next_observations": rng.normal(size=(rows, obs_dim)).astype(np.float32),
              "terminals": np.zeros(rows, np.float32)}
-    return [encode("transitions", session, session=session, seq=seq, batch=batch) for seq in range(1, count + 1)]
+    packed = pack_batch(batch, obs_dim, act_dim)
+    return [encode("transitions", session, session=session, seq=seq, obs_dim=obs_dim, act_dim=act_dim, rows=packed)
+            for seq in range(1, count + 1)]
 
 
 def sender(address: str, session: str, count: int, rows: int, window: int, go, results) -> None:
@@ -232,6 +237,9 @@ def measure_weight_push(pushes: int) -> dict:
 
 
 def _rss_bytes() -> int:
+    """Resident memory of this process after freed heap memory went back to the OS (see robot_sql/malloc.py)."""
+    gc.collect()
+    release_free_memory()
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -245,11 +253,11 @@ def measure_replay_memory(work: Path, transitions: int, rows: int = 256) -> dict
     frames = transitions // rows
     before = _rss_bytes()
     store = ReplayStore(folder, *SAWYER_DIMS, capacity=frames * rows, max_batch_rows=rows)
-    template = transitions_frames("memory", 1, rows, *SAWYER_DIMS)[0]
-    batch = decode(template, {"transitions"}).body["batch"]
+    body = decode(transitions_frames("memory", 1, rows, *SAWYER_DIMS)[0], {"transitions"}).body
     for seq in range(1, frames + 1):
-        frame = encode("transitions", "memory", session="memory", seq=seq, batch=batch)
+        frame = encode("transitions", "memory", **{**body, "seq": seq})
         store.append(decode(frame, {"transitions"}), frame)
+    store.flush()
     store.close()
     held = _rss_bytes() - before
     disk = sum(path.stat().st_size for path in folder.glob("segment-*.log"))
