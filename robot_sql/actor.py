@@ -42,6 +42,7 @@ from robot_sql.train import check_box_spaces
 
 log = logging.getLogger("robot_sql.actor")
 CONTROL_COMMANDS = ("status", "estop", "rearm", "reset_episode", "perturb")
+WEIGHTS_QUEUE = 8  # weight frames queued for the network thread at most; it keeps only the newest
 
 
 class ActorLink(threading.Thread):
@@ -77,7 +78,9 @@ class ActorLink(threading.Thread):
         self.data = self.context.socket(zmq.DEALER)
         self.data.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a learner that is not there: we keep the batches
         self.weights = self.context.socket(zmq.SUB)
-        self.weights.setsockopt(zmq.CONFLATE, 1)  # latest weights only
+        # Latest weights only, conflated here (see _receive_weights): libzmq's CONFLATE option now and then
+        # left a published version unreadable (1 in about 1500 pushes in `bench transport`'s loop).
+        self.weights.setsockopt(zmq.RCVHWM, WEIGHTS_QUEUE)
         for socket, address in ((self.data, self.data_address), (self.weights, weights_address)):
             socket.linger = 0
             socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # retry the learner at least once a second
@@ -214,9 +217,13 @@ class ActorLink(threading.Thread):
                 self.refused[kind] = self.refused.get(kind, 0) + 1
 
     def _receive_weights(self, socket: zmq.Socket) -> None:
-        try:
-            frame = socket.recv(zmq.NOBLOCK)
-        except zmq.Again:
+        frame = None
+        while True:  # everything queued, keeping the newest
+            try:
+                frame = socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if frame is None:
             return
         try:
             message = decode(frame, {"weights"})

@@ -10,7 +10,7 @@ array of rows (layout in robot_sql/replay.py) with the dimensions it was made fo
 
 Sockets (a learner binds three consecutive ports from `port`):
     port      data     ROUTER  <- actor DEALER: transitions, ping, stats; -> ack, pong, error
-    port + 1  weights  XPUB    -> actor SUB (CONFLATE): weights, latest only
+    port + 1  weights  XPUB    -> actor SUB: weights; the actor keeps only the newest
     port + 2  control  ROUTER  <- REQ (ControlClient): request; -> reply, error
 An actor binds its own control ROUTER (status, estop, rearm, reset_episode, perturb).
 

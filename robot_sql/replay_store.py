@@ -34,10 +34,10 @@ import logging
 import os
 import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
+from isal.isal_zlib import crc32  # zlib's CRC-32 (same values), about 10x faster: ISA-L
 
 from robot_sql.protocol import Message, ProtocolError, check_transitions, decode
 from robot_sql.replay import ReplayBuffer
@@ -131,7 +131,7 @@ class ReplayStore:
                 break
             magic, length, checksum = HEADER.unpack_from(data, offset)
             payload = data[offset + HEADER.size: offset + HEADER.size + length]
-            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != checksum:
+            if magic != MAGIC or len(payload) != length or crc32(payload) != checksum:
                 break
             try:
                 message = decode(payload, {"transitions"})
@@ -167,7 +167,7 @@ class ReplayStore:
         if self.contains(message.body["session"], message.body["seq"]):
             return 0
         rows = self._remember(message)
-        self._kept += [HEADER.pack(MAGIC, len(frame), zlib.crc32(frame)), frame]
+        self._kept += [HEADER.pack(MAGIC, len(frame), crc32(frame)), frame]
         return rows
 
     def flush(self) -> None:

@@ -7,11 +7,13 @@ import time
 import gymnasium
 import numpy as np
 import pytest
+import zmq
 
 import robot_sql  # noqa: F401  (registers the environments)
-from robot_sql.actor import Actor
-from robot_sql.protocol import ControlClient, ControlError
+from robot_sql.actor import Actor, ActorLink
+from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
+from robot_sql.sql import Sampler
 from tests.panel_support import free_port, wait_for
 
 
@@ -112,3 +114,28 @@ def test_settings_come_from_yaml_then_environment_then_flags(tmp_path, monkeypat
     assert load_settings(LearnerSettings, config, port=8000).port == 8000
     actor = load_settings(ActorSettings)
     assert actor.on_link_loss == "hold" and actor.control_bind.startswith("tcp://127.0.0.1:")
+
+
+def test_every_published_weights_version_reaches_the_network_thread():
+    """Versions published one at a time, each once the previous has arrived: none may be lost (with libzmq's
+    CONFLATE option on the subscriber about one in 1500 was, and the actor then waited for the next)."""
+    context = zmq.Context()
+    publisher = context.socket(zmq.XPUB)
+    publisher.setsockopt(zmq.XPUB_VERBOSE, 1)
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    link = ActorLink(ActorSettings(learner=f"127.0.0.1:{port - 1}", control_bind=""), "arm", 23, 7, status=dict)
+    link.start()
+    try:
+        assert publisher.poll(5000) and publisher.recv()[:1] == b"\x01", "the actor did not subscribe"
+        weights = Sampler(23, 7, (128, 128)).weights()
+        for version in range(1, 3001):
+            publisher.send(encode("weights", "test", run="run", version=version, hidden_sizes=[128, 128],
+                                  weights=weights))
+            deadline = time.monotonic() + 2.0
+            while link.new_policy is None or link.new_policy[1] != version:
+                assert time.monotonic() < deadline, f"weights version {version} never reached the actor"
+                time.sleep(0.0002)
+    finally:
+        link.stopping.set()
+        link.join(10)
+        context.destroy(linger=0)
