@@ -70,7 +70,10 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs, action, reward: float, next_obs, terminal: bool) -> None:
-        self.add_rows(pack_transition(obs, action, reward, next_obs, terminal)[None])
+        """Append one transition, checked as `add_batch` checks."""
+        self.add_batch({"observations": np.asarray(obs)[None], "actions": np.asarray(action)[None],
+                        "rewards": np.asarray([reward]), "next_observations": np.asarray(next_obs)[None],
+                        "terminals": np.asarray([terminal])})
 
     def add_batch(self, batch: Mapping[str, np.ndarray]) -> None:
         """Append n transitions given as columns; shapes and finiteness are checked before anything is written."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ class QNetwork(nn.Module):
             first = head[0]
             hidden = (F.linear(observations, first.weight[:, : self.obs_dim], first.bias)
                       + F.linear(actions, first.weight[:, self.obs_dim :]))
-            for layer in head[1:]:
+            for layer in itertools.islice(head, 1, None):  # not head[1:], a new Sequential per call
                 hidden = layer(hidden)
             values.append(hidden.squeeze(-1))
         return torch.stack(values)

@@ -183,4 +183,9 @@ def test_replay_buffer_wraps_and_validates():
     bad["actions"][1, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         buffer.add_batch(bad)
+    # one transition at a time (the single-process training loop) is checked the same way
+    with pytest.raises(ValueError, match=r"\['observations'\] contains NaN"):
+        buffer.add(np.array([np.nan, 0.0, 0.0]), np.zeros(2), 0.0, np.zeros(3), False)
+    with pytest.raises(ValueError, match=r"\['observations'\] has shape"):
+        buffer.add(np.zeros(4), np.zeros(2), 0.0, np.zeros(3), False)
     assert len(buffer) == 20
