@@ -18,21 +18,23 @@ from tqdm import trange
 
 from robot_sql.config import ConfigError
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import SoftQLearning, SQLConfig, load_checkpoint, save_policy
+from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, load_checkpoint, save_policy
 from robot_sql.train import evaluate, resolve_env_id, write_eval
 
 
 class ComposedQ(nn.Module):
-    """Frozen sum (or mean) of constituent Q-functions; each constituent's twin heads are min-ed first."""
+    """Frozen sum (or mean) of constituent Q-functions; each constituent's twin heads are min-ed first.
 
-    def __init__(self, q_functions: list[nn.Module], mean: bool = False):
+    The SVGD step needs only the energy's action gradient, which is the sum (mean) of theirs."""
+
+    def __init__(self, q_functions: list[QNetwork], mean: bool = False):
         super().__init__()
         self.q_functions = nn.ModuleList(q_functions).requires_grad_(False)
         self.mean = mean
 
-    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
-        total = sum(q(observations, actions).min(dim=0).values for q in self.q_functions)
-        return (total / len(self.q_functions) if self.mean else total).unsqueeze(0)
+    def action_gradient(self, observations: Tensor, actions: Tensor) -> Tensor:
+        total = sum(q.action_gradient(observations, actions) for q in self.q_functions)
+        return total / len(self.q_functions) if self.mean else total
 
 
 def compose(checkpoints: list[Path], env_id: str, out: Path, mean: bool, updates: int, seed: int, episodes: int, progress: bool = True) -> dict:

@@ -102,11 +102,79 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last): the parameter layout of both networks."""
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]  # in place: no new buffer per layer
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
+
+
+def linears(sequential: nn.Sequential, start: int) -> list[nn.Linear]:
+    """The Linear layers of an `mlp` from index `start` on (every other module; not a sliced Sequential)."""
+    return list(itertools.islice(sequential, start, None, 2))
+
+
+# ---- the networks, with their backward passes written out ----------------------------------------
+# Both networks are MLPs whose first layer takes two inputs, W_s s + W_x x + b, with the state s
+# broadcast against x (M value actions, K sampler particles): a state is multiplied once, not once
+# per action, as in the reference's feedforward_net. An update differentiates them in three ways
+# (Q-loss to the Q weights, Q to its action input for the SVGD score, the Stein direction to the
+# sampler weights), each by the chain rule below instead of autograd, whose graph bookkeeping
+# made an update at the reference sizes about 20 % slower on one CPU thread (docs/benchmarks.md;
+# tests/test_sql_gradients.py checks every gradient against autograd).
+
+@dataclass
+class Tape:
+    """What a forward pass keeps for its backward pass."""
+    observations: Tensor  # [..., S]
+    inputs: Tensor  # [..., X], the second input (actions or noise)
+    shape: torch.Size  # the broadcast leading shape of both
+    hidden: list[Tensor]  # each hidden layer's ReLU output, as rows [N, H]
+
+
+def two_input_forward(observations: Tensor, obs_weight: Tensor, bias: Tensor, inputs: Tensor, input_weight: Tensor,
+                      linears: list[nn.Linear]) -> tuple[Tensor, Tape]:
+    """ReLU MLP on W_s s + W_x x + b: observations [..., S] and inputs [..., X], broadcast -> output [..., out]."""
+    width = obs_weight.shape[0]
+    # as 2-D products: F.linear on [B, 1, S] with a column block of W would expand W to [B, S, H]
+    obs_term = torch.addmm(bias, observations.reshape(-1, observations.shape[-1]), obs_weight.t())
+    input_term = inputs.reshape(-1, inputs.shape[-1]).mm(input_weight.t())
+    first = obs_term.view(*observations.shape[:-1], width) + input_term.view(*inputs.shape[:-1], width)  # [..., H]
+    shape = first.shape[:-1]
+    hidden = [torch.relu_(first.view(-1, width))]  # rows; in place: no new buffer per layer
+    for linear in linears[:-1]:
+        hidden.append(torch.relu_(torch.addmm(linear.bias, hidden[-1], linear.weight.t())))
+    out = torch.addmm(linears[-1].bias, hidden[-1], linears[-1].weight.t())
+    return out.view(*shape, -1), Tape(observations, inputs, shape, hidden)
+
+
+def two_input_backward(tape: Tape, grad_out: Tensor, input_weight: Tensor, linears: list[nn.Linear],
+                       weight_grads: bool, input_grad: bool) -> tuple[tuple[Tensor, Tensor, Tensor] | None, Tensor | None]:
+    """Back-propagate grad_out [..., out] (d loss / d output) through `two_input_forward`.
+
+    With weight_grads, sets .grad of the `linears` and returns the first layer's gradients
+    (d W_s, d W_x, d b), which the caller stores (the two networks keep W_s and W_x differently);
+    with input_grad, also returns d loss / d inputs [..., X].
+    """
+    grad = grad_out.reshape(-1, grad_out.shape[-1])
+    for linear, layer_input in zip(reversed(linears), reversed(tape.hidden)):
+        if weight_grads:
+            linear.weight.grad = grad.t().mm(layer_input)
+            linear.bias.grad = grad.sum(0)
+        grad = torch.ops.aten.threshold_backward(grad.mm(linear.weight), layer_input, 0)  # ReLU: zero where it was off
+    width = grad.shape[-1]
+    grad = grad.view(*tape.shape, width)  # d loss / d first-layer pre-activation
+    # A broadcast input gets the sum of the gradients of the rows it was broadcast to.
+    grad_x = grad.sum_to_size(*tape.inputs.shape[:-1], width).reshape(-1, width)
+    first_grads = None
+    if weight_grads:
+        grad_s = grad.sum_to_size(*tape.observations.shape[:-1], width).reshape(-1, width)
+        first_grads = (grad_s.t().mm(tape.observations.reshape(-1, tape.observations.shape[-1])),
+                       grad_x.t().mm(tape.inputs.reshape(-1, tape.inputs.shape[-1])),
+                       grad_s.sum(0))
+    input_gradient = grad_x.mm(input_weight).view(tape.inputs.shape) if input_grad else None
+    return first_grads, input_gradient
 
 
 class QNetwork(nn.Module):
@@ -119,21 +187,44 @@ class QNetwork(nn.Module):
         self.heads = nn.ModuleList([mlp(sizes) for _ in range(2 if twin else 1)])
 
     def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
-        """observations [..., S], actions [..., D], broadcast against each other -> [n_heads, ...]
+        """observations [..., S], actions [..., D], broadcast against each other -> [n_heads, ...]"""
+        return torch.stack([values for values, _ in self.forward_with_tapes(observations, actions)])
 
-        The first layer W [s, a] + b is computed as W_s s + W_a a + b, as the reference's
-        feedforward_net does: a state shared by M actions ([B, 1, S] with [B, M, D]) is then
-        multiplied once, not M times, and [s, a] is never copied together.
-        """
-        values = []
+    def forward_with_tapes(self, observations: Tensor, actions: Tensor) -> list[tuple[Tensor, Tape]]:
+        """Per head: Q values [...] and the tape for `backward`. The first layer W [s, a] + b is
+        W_s s + W_a a + b with W_s, W_a the column blocks of W (the reference's parameter layout)."""
+        results = []
         for head in self.heads:
             first = head[0]
-            hidden = (F.linear(observations, first.weight[:, : self.obs_dim], first.bias)
-                      + F.linear(actions, first.weight[:, self.obs_dim :]))
-            for layer in itertools.islice(head, 1, None):  # not head[1:], a new Sequential per call
-                hidden = layer(hidden)
-            values.append(hidden.squeeze(-1))
-        return torch.stack(values)
+            values, tape = two_input_forward(observations, first.weight[:, : self.obs_dim], first.bias,
+                                             actions, first.weight[:, self.obs_dim :], linears(head, start=2))
+            results.append((values.squeeze(-1), tape))
+        return results
+
+    def backward(self, tapes: list[Tape], grad_values: list[Tensor], weight_grads: bool, action_grad: bool) -> Tensor | None:
+        """grad_values[i] [...] = d loss / d Q_i: sets the weights' .grad (weight_grads) and returns
+        d loss / d actions [..., D] summed over the heads (action_grad)."""
+        action_gradient = None
+        for head, tape, grad in zip(self.heads, tapes, grad_values):
+            first = head[0]
+            first_grads, head_gradient = two_input_backward(tape, grad.unsqueeze(-1), first.weight[:, self.obs_dim :],
+                                                            linears(head, start=2), weight_grads, action_grad)
+            if weight_grads:
+                grad_s, grad_a, grad_b = first_grads
+                first.weight.grad, first.bias.grad = torch.cat([grad_s, grad_a], dim=1), grad_b
+            if action_grad:
+                action_gradient = head_gradient if action_gradient is None else action_gradient + head_gradient
+        return action_gradient
+
+    def action_gradient(self, observations: Tensor, actions: Tensor) -> Tensor:
+        """d min_i Q_i(s, a) / d a [..., D] (the min over twin heads, as the target uses)."""
+        results = self.forward_with_tapes(observations, actions)
+        if len(results) == 1:
+            grads = [torch.ones_like(results[0][0])]
+        else:  # the min passes the gradient to the head that attains it
+            lowest = torch.stack([values for values, _ in results]).argmin(dim=0)
+            grads = [(lowest == i).to(actions.dtype) for i in range(len(results))]
+        return self.backward([tape for _, tape in results], grads, weight_grads=False, action_grad=True)
 
 
 class Sampler(nn.Module):
@@ -152,8 +243,19 @@ class Sampler(nn.Module):
 
     def forward(self, observations: Tensor, noise: Tensor) -> Tensor:
         """observations [..., S], noise [..., D] -> actions [..., D] in (-1, 1)"""
-        hidden = torch.relu_(self.obs_layer(observations) + self.noise_layer(noise))
-        return torch.tanh(self.body(hidden))
+        return self.forward_with_tape(observations, noise)[0]
+
+    def forward_with_tape(self, observations: Tensor, noise: Tensor) -> tuple[Tensor, Tape]:
+        out, tape = two_input_forward(observations, self.obs_layer.weight, self.obs_layer.bias,
+                                      noise, self.noise_layer.weight, linears(self.body, start=0))
+        return torch.tanh(out), tape
+
+    def backward(self, tape: Tape, actions: Tensor, grad_actions: Tensor) -> None:
+        """Set the weights' .grad from d loss / d actions [..., D] at the actions of `forward_with_tape`."""
+        grad_out = grad_actions * (1.0 - actions.square())  # tanh' = 1 - tanh^2
+        (grad_s, grad_xi, grad_b), _ = two_input_backward(tape, grad_out, self.noise_layer.weight, linears(self.body, start=0),
+                                                         weight_grads=True, input_grad=False)
+        self.obs_layer.weight.grad, self.obs_layer.bias.grad, self.noise_layer.weight.grad = grad_s, grad_b, grad_xi
 
     @torch.no_grad()
     def act(self, observations: np.ndarray, noise: np.ndarray | None = None, generator: torch.Generator | None = None) -> np.ndarray:
@@ -274,24 +376,25 @@ class SoftQLearning:
         self._update_target()
         return _floats(metrics)
 
+    @torch.no_grad()  # gradients by the networks' own backward passes
     def _update_q(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminals: Tensor) -> dict[str, Tensor]:
         c = self.config
-        with torch.no_grad():
-            # One set of M uniform actions shared by the whole batch, as in the reference code.
-            uniform_actions = torch.rand((c.value_particles, c.act_dim), generator=self.generator, device=self.device) * 2 - 1
-            target_q = self.q_target(next_obs.unsqueeze(1), uniform_actions).min(dim=0).values  # [B, 1, S] x [M, D] -> [B, M]
-            next_value = soft_value(target_q, c.act_dim)  # [B], eq. (10)
-            # Soft Bellman backup (eq. 8), y treated as a constant.
-            target = c.reward_scale * rewards + (1.0 - terminals) * c.discount * next_value  # [B]
-        q_values = self.q(obs, actions)  # [heads, B]
-        q_loss = 0.5 * (q_values - target).pow(2).mean(dim=1).sum()  # eq. (11), summed over twin heads
-        self.q_optimizer.zero_grad(set_to_none=True)
-        q_loss.backward()
-        q_grad_norm = _grad_norm(self.q.parameters())
+        # One set of M uniform actions shared by the whole batch, as in the reference code.
+        uniform_actions = torch.rand((c.value_particles, c.act_dim), generator=self.generator, device=self.device) * 2 - 1
+        target_q = self.q_target(next_obs.unsqueeze(1), uniform_actions).min(dim=0).values  # [B, 1, S] x [M, D] -> [B, M]
+        next_value = soft_value(target_q, c.act_dim)  # [B], eq. (10)
+        # Soft Bellman backup (eq. 8), y treated as a constant.
+        target = c.reward_scale * rewards + (1.0 - terminals) * c.discount * next_value  # [B]
+        heads = self.q.forward_with_tapes(obs, actions)
+        errors = [values - target for values, _ in heads]  # per head [B]
+        q_loss = 0.5 * torch.stack(errors).square().mean(dim=1).sum()  # eq. (11), summed over twin heads
+        # d q_loss / d Q_i(s_b, a_b) = (Q_i - y) / B
+        self.q.backward([tape for _, tape in heads], [error / len(target) for error in errors], weight_grads=True, action_grad=False)
+        q_grad_norm = _grad_norm(self.q_optimizer)
         self.q_optimizer.step()
         return {
-            "q_loss": q_loss.detach(),
-            "q_mean": q_values.detach().mean(),
+            "q_loss": q_loss,
+            "q_mean": torch.stack([values for values, _ in heads]).mean(),
             "soft_value": next_value.mean(),
             "q_grad_norm": q_grad_norm,
         }
@@ -300,31 +403,27 @@ class SoftQLearning:
         """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]."""
         return _floats(self._update_sampler(obs))
 
+    @torch.no_grad()
     def _update_sampler(self, obs: Tensor) -> dict[str, Tensor]:
         c = self.config
         obs_1 = obs.unsqueeze(1)  # [B, 1, S]: broadcast against the K particles of each state
-        noise = torch.randn((obs.shape[0], c.kernel_particles, c.act_dim), generator=self.generator, device=self.device)
-        # The fixed particles get no gradient through the sampler, so they are drawn without a
-        # graph: the backward pass then runs over the Ku updated particles only, not all K.
-        with torch.no_grad():
-            fixed = self.sampler(obs_1, noise[:, : c.n_fixed])  # [B, Kf, D], the a~_j
-        fixed.requires_grad_(True)
-        updated = self.sampler(obs_1, noise[:, c.n_fixed :])  # [B, Ku, D], the a_i, differentiable w.r.t. the sampler
+        fixed_noise, updated_noise = (torch.randn((obs.shape[0], particles, c.act_dim), generator=self.generator, device=self.device)
+                                      for particles in (c.n_fixed, c.n_updated))
+        # The fixed particles get no gradient through the sampler: only the Ku updated ones are taped.
+        fixed = self.sampler(obs_1, fixed_noise)  # [B, Kf, D], the a~_j
+        updated, tape = self.sampler.forward_with_tape(obs_1, updated_noise)  # [B, Ku, D], the a_i
 
-        # Score of the target density exp(Q) on the squashed action box, at the fixed particles,
-        # using the online Q (min over twin heads), with the tanh log-term of the reference code.
-        q_fixed = self.q(obs_1, fixed).min(dim=0).values  # [B, Kf]
-        log_p = q_fixed + torch.log(1.0 - fixed.pow(2) + SQUASH_EPSILON).sum(-1)
-        (score,) = torch.autograd.grad(log_p.sum(), fixed)  # [B, Kf, D]
+        # Score of the target density exp(Q) on the squashed action box, at the fixed particles:
+        # grad_a [min_i Q_i(s, a) + sum_d log(1 - a_d^2 + eps)], the tanh log-term of the reference code.
+        score = self.q.action_gradient(obs_1, fixed) - 2.0 * fixed / (1.0 - fixed.square() + SQUASH_EPSILON)  # [B, Kf, D]
 
         # Stein variational direction, eq. (13).
-        stein, bandwidth = stein_direction(fixed.detach(), score, updated.detach())  # [B, Ku, D], [B]
+        stein, bandwidth = stein_direction(fixed, score, updated)  # [B, Ku, D], [B]
 
-        # Eq. (14): move the sampler's outputs along Delta by back-propagating it through f(s, xi).
-        surrogate = -(stein.detach() * updated).sum()
-        self.sampler_optimizer.zero_grad(set_to_none=True)
-        surrogate.backward()
-        sampler_grad_norm = _grad_norm(self.sampler.parameters())
+        # Eq. (14): move the sampler's outputs along Delta, i.e. the gradient of the surrogate
+        # -sum_i Delta_i . f(s, xi_i) (Delta held constant), back-propagated through f.
+        self.sampler.backward(tape, updated, -stein)
+        sampler_grad_norm = _grad_norm(self.sampler_optimizer)
         self.sampler_optimizer.step()
         return {
             "kernel_bandwidth": bandwidth.mean(),
@@ -362,7 +461,9 @@ class SoftQLearning:
             tensors.append(value)
         if size < 1:
             raise ValueError("batch is empty")
-        finite = torch.stack([torch.isfinite(value).all() for value in tensors]).tolist()  # one sync for all five
+        # A float64 sum is finite exactly when every float32 entry is (it cannot overflow), and
+        # five sums and one copy to the host cost less than five element-wise isfinite tests.
+        finite = torch.stack([value.sum(dtype=torch.float64) for value in tensors]).isfinite().tolist()
         if not all(finite):
             raise ValueError(f"batch[{BATCH_KEYS[finite.index(False)]!r}] contains NaN or inf")
         return tuple(tensors)
@@ -439,8 +540,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _grad_norm(parameters) -> Tensor:
-    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor:
+    """Norm of the gradients the optimizer is about to apply (its own parameter list: walking the
+    modules for it each update costs more than the norm)."""
+    return torch.nn.utils.get_total_norm([p.grad for group in optimizer.param_groups for p in group["params"]])
 
 
 def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:

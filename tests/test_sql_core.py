@@ -68,11 +68,14 @@ def test_svgd_sampler_covers_both_modes_of_a_bimodal_energy():
     config = SQLConfig(obs_dim=1, act_dim=1, hidden_sizes=(64, 64), kernel_particles=32, policy_lr=1e-3, seed=0)
     agent = SoftQLearning(config, device="cpu")
 
-    class Bimodal(torch.nn.Module):
-        def forward(self, observations, actions):
-            a = actions[..., 0]
-            energy = torch.logsumexp(torch.stack([-((a - 0.5) ** 2), -((a + 0.5) ** 2)]) / (2 * 0.25**2), dim=0)
-            return energy.unsqueeze(0)
+    class Bimodal:
+        """Q(s, a) = log sum_m exp(-(a - mu_m)^2 / (2 sigma^2)); the SVGD step uses its action gradient."""
+        modes, sigma = torch.tensor([-0.5, 0.5]), 0.25
+
+        def action_gradient(self, observations, actions):
+            offsets = actions - self.modes  # [..., 1] - [2] -> [..., 2]
+            weights = torch.softmax(-offsets.square() / (2 * self.sigma**2), dim=-1)
+            return (weights * -offsets / self.sigma**2).sum(-1, keepdim=True)
 
     agent.q = Bimodal()
     obs = torch.zeros(64, 1)
