@@ -8,7 +8,8 @@ noisy neighbour hits every figure alike (each figure is its best round):
 2. The matmul-bound ceiling: every matrix multiply of one update (forward and backward,
    recorded with their exact shapes and memory layouts) replayed back to back, without the
    rest of the update; FLOPs/s of that replay. The update's FLOPs/s over it is the fraction
-   of the ceiling that the update achieves.
+   of the ceiling that the update achieves. SQL and ceiling share each round in alternating
+   turns (`interleaved_rates`); the fraction is the median of the rounds' ratios.
 3. SAC (stable-baselines3, optional `bench` extra): `model.train` gradient steps at the same
    batch size and hidden widths, updates/s (its batch sampling included, as for SQL).
 4. A large square float32 matmul: the machine's peak rate, for scale.
@@ -143,10 +144,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_rate(step, device: torch.device, seconds: float) -> float:
-    """Calls of `step` per second: run for about `seconds` after one untimed call, synchronised."""
-    step()
-    synchronize(device)
+def timed_calls(step, device: torch.device, seconds: float) -> tuple[int, float]:
+    """(calls, elapsed seconds) of `step` run for about `seconds`, synchronised."""
     calls, started = 0, time.perf_counter()
     while True:
         step()
@@ -155,7 +154,30 @@ def timed_rate(step, device: torch.device, seconds: float) -> float:
             synchronize(device)
             elapsed = time.perf_counter() - started
             if elapsed >= seconds:
-                return calls / elapsed
+                return calls, elapsed
+
+
+def timed_rate(step, device: torch.device, seconds: float) -> float:
+    """Calls of `step` per second: run for about `seconds` after one untimed call."""
+    step()
+    synchronize(device)
+    calls, elapsed = timed_calls(step, device, seconds)
+    return calls / elapsed
+
+
+def interleaved_rates(steps: list, device: torch.device, seconds: float, turns: int = 5) -> list[float]:
+    """Calls per second of each of `steps`, each run for about `seconds` in all, in `turns`
+    alternating turns: a noisy neighbour then slows them alike, so their ratio holds."""
+    for step in steps:
+        step()
+    synchronize(device)
+    totals = [[0, 0.0] for _ in steps]
+    for _ in range(turns):
+        for total, step in zip(totals, steps):
+            calls, elapsed = timed_calls(step, device, seconds / turns)
+            total[0] += calls
+            total[1] += elapsed
+    return [calls / elapsed for calls, elapsed in totals]
 
 
 def filled_replay(obs_dim: int, act_dim: int, size: int, rng: np.random.Generator) -> ReplayBuffer:
@@ -217,8 +239,9 @@ def bench_case(name: str, obs_dim: int, act_dim: int, batch_size: int, hidden: t
 
     sql_rates, ceiling_rates, sac_rates, square_rates = [], [], [], []
     for _ in range(rounds):
-        sql_rates.append(timed_rate(sql_step, device, seconds))
-        ceiling_rates.append(timed_rate(replay_matmuls, device, seconds))
+        sql_rate, ceiling_rate = interleaved_rates([sql_step, replay_matmuls], device, seconds)
+        sql_rates.append(sql_rate)
+        ceiling_rates.append(ceiling_rate)
         square_rates.append(timed_rate(square_step, device, seconds) * 2 * square ** 3 / 1e9)
         if sac:
             sac_rates.append(timed_rate(lambda: sac.train(gradient_steps=1, batch_size=batch_size), device, seconds))
@@ -272,7 +295,7 @@ def cpu_name() -> str:
 @click.option("--device", default="auto", show_default=True, help="auto = cuda if available, else cpu.")
 @click.option("--rounds", default=9, show_default=True,
               help="Alternating SQL / ceiling / square / SAC timings per case (best rates; median of the per-round fractions).")
-@click.option("--seconds", default=0.5, show_default=True, help="Length of one timing.")
+@click.option("--seconds", default=0.5, show_default=True, help="Length of one timing (SQL and ceiling: in 5 alternating turns).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice).")
 @click.option("--twin-q", is_flag=True, help="SQL with twin Q-functions (SAC always has two).")
 @click.option("--square", default=2048, show_default=True, help="Size of the square matmul for the machine's peak rate.")
