@@ -120,9 +120,9 @@ def linears(sequential: nn.Sequential, start: int) -> list[nn.Linear]:
 # broadcast against x (M value actions, K sampler particles): a state is multiplied once, not once
 # per action, as in the reference's feedforward_net. An update differentiates them in three ways
 # (Q-loss to the Q weights, Q to its action input for the SVGD score, the Stein direction to the
-# sampler weights), each by the chain rule below instead of autograd, whose graph bookkeeping
-# made an update at the reference sizes about 20 % slower on one CPU thread (docs/benchmarks.md;
-# tests/test_sql_gradients.py checks every gradient against autograd).
+# sampler weights), each by the chain rule below instead of autograd: at the reference sizes on
+# one CPU thread autograd's graph bookkeeping was most of the difference between 8.4 and 6.6 ms
+# per update (docs/benchmarks.md; tests/test_sql_gradients.py checks every gradient against it).
 
 @dataclass
 class Tape:
