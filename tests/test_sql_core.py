@@ -160,6 +160,16 @@ def test_save_load_round_trip_gives_identical_actions_and_updates(tmp_path):
     assert agent.update(batch) == loaded.update(batch)
 
 
+def test_same_seed_same_batches_give_identical_agents():
+    first, second = make_agent(twin_q=True), make_agent(twin_q=True)
+    for agent in (first, second):
+        rng = np.random.default_rng(3)
+        for _ in range(5):
+            agent.update(random_batch(rng))
+    for a, b in zip([*first.q.parameters(), *first.sampler.parameters()], [*second.q.parameters(), *second.sampler.parameters()]):
+        assert torch.equal(a, b)
+
+
 def test_actor_side_sampler_loads_policy_weights():
     agent = make_agent()
     sampler = Sampler(3, 2, (32, 32))
