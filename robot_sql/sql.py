@@ -400,7 +400,13 @@ class SoftQLearning:
         }
 
     def update_sampler(self, obs: Tensor) -> dict[str, float]:
-        """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]."""
+        """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]
+        (wrong shapes or non-finite values raise ValueError and change nothing)."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if obs.dim() != 2 or obs.shape[0] < 1 or obs.shape[1] != self.config.obs_dim:
+            raise ValueError(f"observations must have shape [B, {self.config.obs_dim}], got {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("observations contain NaN or inf")
         return _floats(self._update_sampler(obs))
 
     @torch.no_grad()

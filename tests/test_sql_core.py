@@ -137,6 +137,16 @@ def test_bad_batch_raises_and_changes_nothing(corrupt, message):
     assert agent.updates == 0
 
 
+def test_bad_observations_for_a_sampler_step_raise_and_change_nothing():
+    agent = make_agent()
+    before = {k: v.clone() for k, v in agent.sampler.state_dict().items()}
+    with pytest.raises(ValueError, match="shape"):
+        agent.update_sampler(torch.zeros(8, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        agent.update_sampler(torch.full((8, 3), float("nan")))
+    assert all(torch.equal(before[k], v) for k, v in agent.sampler.state_dict().items())
+
+
 def test_config_that_makes_no_sense_is_rejected():
     with pytest.raises(ValueError, match="kernel_particles"):
         SQLConfig(obs_dim=2, act_dim=2, kernel_particles=2)
