@@ -150,8 +150,10 @@ class SafetyFilter:
                 room = ee[axis] - limits.workspace_low[axis]
             else:
                 continue
-            scale = min(scale, max(room, 0.0) / abs(step[axis]))
-        return float(min(scale, 1.0))
+            room = max(room, 0.0)
+            if abs(step[axis]) > room:  # compared first: room / a subnormal step would overflow
+                scale = min(scale, room / abs(step[axis]))
+        return float(scale)
 
 
 class GuardedRobot:

@@ -1,5 +1,6 @@
 """The safety filter (robot_sql/safety.py): pure checks, no ROS needed."""
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -122,6 +123,17 @@ def test_output_always_within_limits(command, offsets, ee, jacobian):
     ee_velocity = jacobian @ velocity
     assert np.all(ee_velocity[ee >= LIMITS.workspace_high] <= 1e-12)
     assert np.all(ee_velocity[ee <= LIMITS.workspace_low] >= -1e-12)
+
+
+def test_a_vanishing_end_effector_step_does_not_overflow():
+    # hand 1 mm inside the box's x wall, moving out by a subnormal amount: the scale must come
+    # from comparing room and step, not from room / step (which overflows to inf)
+    jacobian = np.zeros((3, 7))
+    jacobian[0, 0] = 1e-310
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decision = check(np.full(7, 0.1), ee=np.array([0.799, 0.0, 0.3]), jacobian=jacobian)
+    assert decision.reason == "ok"
 
 
 def test_filter_is_fast():
