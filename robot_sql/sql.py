@@ -140,7 +140,12 @@ def two_input_forward(observations: Tensor, obs_weight: Tensor, bias: Tensor, in
     # as 2-D products: F.linear on [B, 1, S] with a column block of W would expand W to [B, S, H]
     obs_term = torch.addmm(bias, observations.reshape(-1, observations.shape[-1]), obs_weight.t())
     input_term = inputs.reshape(-1, inputs.shape[-1]).mm(input_weight.t())
-    first = obs_term.view(*observations.shape[:-1], width) + input_term.view(*inputs.shape[:-1], width)  # [..., H]
+    obs_term = obs_term.view(*observations.shape[:-1], width)
+    input_term = input_term.view(*inputs.shape[:-1], width)
+    if input_term.shape == torch.broadcast_shapes(obs_term.shape, input_term.shape):
+        first = input_term.add_(obs_term)  # into the particles' own product: no new [B, K, H] buffer (~4 % at b128)
+    else:  # M actions shared by the batch: the sum is larger than either term
+        first = obs_term + input_term
     shape = first.shape[:-1]
     hidden = [torch.relu_(first.view(-1, width))]  # rows; in place: no new buffer per layer
     for linear in linears[:-1]:
