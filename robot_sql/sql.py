@@ -24,7 +24,6 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from robot_sql.replay import BATCH_KEYS
 from robot_sql.rundir import atomic_write_bytes
@@ -142,11 +141,11 @@ def two_input_forward(observations: Tensor, obs_weight: Tensor, bias: Tensor, in
     input_term = inputs.reshape(-1, inputs.shape[-1]).mm(input_weight.t())
     obs_term = obs_term.view(*observations.shape[:-1], width)
     input_term = input_term.view(*inputs.shape[:-1], width)
-    if input_term.shape == torch.broadcast_shapes(obs_term.shape, input_term.shape):
+    shape = torch.broadcast_shapes(observations.shape[:-1], inputs.shape[:-1])
+    if inputs.shape[:-1] == shape:
         first = input_term.add_(obs_term)  # into the particles' own product: no new [B, K, H] buffer (~4 % at b128)
     else:  # M actions shared by the batch: the sum is larger than either term
         first = obs_term + input_term
-    shape = first.shape[:-1]
     hidden = [torch.relu_(first.view(-1, width))]  # rows; in place: no new buffer per layer
     for linear in linears[:-1]:
         hidden.append(torch.relu_(torch.addmm(linear.bias, hidden[-1], linear.weight.t())))
@@ -200,23 +199,27 @@ class QNetwork(nn.Module):
         W_s s + W_a a + b with W_s, W_a the column blocks of W (the reference's parameter layout)."""
         results = []
         for head in self.heads:
-            first = head[0]
-            values, tape = two_input_forward(observations, first.weight[:, : self.obs_dim], first.bias,
-                                             actions, first.weight[:, self.obs_dim :], linears(head, start=2))
+            obs_weight, action_weight = self._first_layer_blocks(head)
+            values, tape = two_input_forward(observations, obs_weight, head[0].bias, actions, action_weight, linears(head, start=2))
             results.append((values.squeeze(-1), tape))
         return results
 
-    def backward(self, tapes: list[Tape], grad_values: list[Tensor], weight_grads: bool, action_grad: bool) -> Tensor | None:
+    def _first_layer_blocks(self, head: nn.Sequential) -> tuple[Tensor, Tensor]:
+        """W_s and W_a, the column blocks of the first layer's W (views: its gradient is set whole)."""
+        weight = head[0].weight
+        return weight[:, : self.obs_dim], weight[:, self.obs_dim :]
+
+    def backward(self, tapes: list[Tape], grad_values: list[Tensor] | Tensor, weight_grads: bool, action_grad: bool) -> Tensor | None:
         """grad_values[i] [...] = d loss / d Q_i: sets the weights' .grad (weight_grads) and returns
         d loss / d actions [..., D] summed over the heads (action_grad)."""
         action_gradient = None
         for head, tape, grad in zip(self.heads, tapes, grad_values):
-            first = head[0]
-            first_grads, head_gradient = two_input_backward(tape, grad.unsqueeze(-1), first.weight[:, self.obs_dim :],
-                                                            linears(head, start=2), weight_grads, action_grad)
+            _, action_weight = self._first_layer_blocks(head)
+            first_grads, head_gradient = two_input_backward(tape, grad.unsqueeze(-1), action_weight, linears(head, start=2),
+                                                            weight_grads, action_grad)
             if weight_grads:
                 grad_s, grad_a, grad_b = first_grads
-                first.weight.grad, first.bias.grad = torch.cat([grad_s, grad_a], dim=1), grad_b
+                head[0].weight.grad, head[0].bias.grad = torch.cat([grad_s, grad_a], dim=1), grad_b
             if action_grad:
                 action_gradient = head_gradient if action_gradient is None else action_gradient + head_gradient
         return action_gradient
@@ -391,15 +394,16 @@ class SoftQLearning:
         # Soft Bellman backup (eq. 8), y treated as a constant.
         target = c.reward_scale * rewards + (1.0 - terminals) * c.discount * next_value  # [B]
         heads = self.q.forward_with_tapes(obs, actions)
-        errors = [values - target for values, _ in heads]  # per head [B]
-        q_loss = 0.5 * torch.stack(errors).square().mean(dim=1).sum()  # eq. (11), summed over twin heads
-        # d q_loss / d Q_i(s_b, a_b) = (Q_i - y) / B
-        self.q.backward([tape for _, tape in heads], [error / len(target) for error in errors], weight_grads=True, action_grad=False)
+        q_values = torch.stack([values for values, _ in heads])  # [heads, B]
+        errors = q_values - target
+        q_loss = 0.5 * errors.square().mean(dim=1).sum()  # eq. (11), summed over twin heads
+        # d q_loss / d Q_i(s_b, a_b) = (Q_i - y) / B, one row per head
+        self.q.backward([tape for _, tape in heads], errors / len(target), weight_grads=True, action_grad=False)
         q_grad_norm = _grad_norm(self.q_optimizer)
         self.q_optimizer.step()
         return {
             "q_loss": q_loss,
-            "q_mean": torch.stack([values for values, _ in heads]).mean(),
+            "q_mean": q_values.mean(),
             "soft_value": next_value.mean(),
             "q_grad_norm": q_grad_norm,
         }
