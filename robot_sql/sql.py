@@ -141,7 +141,8 @@ def two_input_forward(observations: Tensor, obs_weight: Tensor, bias: Tensor, in
     input_term = inputs.reshape(-1, inputs.shape[-1]).mm(input_weight.t())
     obs_term = obs_term.view(*observations.shape[:-1], width)
     input_term = input_term.view(*inputs.shape[:-1], width)
-    shape = torch.broadcast_shapes(observations.shape[:-1], inputs.shape[:-1])
+    # numpy's broadcast_shapes: torch's imports torch.fx on its first call (0.3-0.5 s, a stalled actor step)
+    shape = torch.Size(np.broadcast_shapes(observations.shape[:-1], inputs.shape[:-1]))
     if inputs.shape[:-1] == shape:
         first = input_term.add_(obs_term)  # into the particles' own product: no new [B, K, H] buffer (~4 % at b128)
     else:  # M actions shared by the batch: the sum is larger than either term
