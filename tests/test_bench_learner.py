@@ -1,6 +1,9 @@
 """`robot-sql bench learner` at a toy size: the report's fields, and FLOPs that agree three ways."""
 import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,6 +44,18 @@ def test_bench_learner_tiny_run_writes_a_consistent_report(tmp_path):
     require(importlib.util.find_spec("stable_baselines3") is not None, "the `bench` extra (stable-baselines3) is not installed")
     assert case["sac_updates_per_s"] > 0 and case["sac_update_flops"] > 0
     assert case["sql_over_sac_updates"] > 0
+
+
+def test_python_m_robot_sql_runs_the_bench_as_scripts_gpu_bench_does(tmp_path):
+    """`python -m robot_sql` (no installed entry point: how scripts/gpu_bench.sh runs it on a GPU machine)."""
+    out = tmp_path / "learner.json"
+    done = subprocess.run([sys.executable, "-m", "robot_sql", "bench", "learner", "--tiny", "--rounds", "1", "--seconds", "0.05",
+                           "--square", "64", "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(json.loads(out.read_text())["cases"]) == ["tiny-b8-8x8"]
+    script = Path(__file__).parents[1] / "scripts" / "gpu_bench.sh"
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=10)
+    assert usage.returncode == 2 and "usage" in usage.stderr
 
 
 @pytest.mark.parametrize("sizes", [
