@@ -1,4 +1,5 @@
 """The SQL core: kernel, soft value, SVGD sampler, validation, persistence."""
+import copy
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, rbf_kernel, soft_value, stein_direction
+from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, adam_step, rbf_kernel, soft_value, stein_direction
 
 
 def test_kernel_value_and_gradient_match_finite_differences():
@@ -178,6 +179,30 @@ def test_same_seed_same_batches_give_identical_agents():
             agent.update(random_batch(rng))
     for a, b in zip([*first.q.parameters(), *first.sampler.parameters()], [*second.q.parameters(), *second.sampler.parameters()]):
         assert torch.equal(a, b)
+
+
+def test_adam_step_is_the_optimizers_own_step():
+    """The update's adam_step (torch's functional Adam on the optimizer's state) against Adam.step:
+    parameters and optimizer state bit-identical after every step, and the state_dict layout the same."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    twin = copy.deepcopy(network)
+    ours = torch.optim.Adam(network.parameters(), lr=1e-2, fused=True)
+    theirs = torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    for _ in range(6):
+        inputs = torch.randn(4, 5)
+        for module in (network, twin):
+            module.zero_grad()
+            module(inputs).square().sum().backward()
+        adam_step(ours)
+        theirs.step()
+        for mine, reference in zip(network.parameters(), twin.parameters()):
+            assert torch.equal(mine, reference)
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine["param_groups"] == reference["param_groups"]
+    for index, state in reference["state"].items():
+        assert mine["state"][index].keys() == state.keys()
+        assert all(torch.equal(mine["state"][index][key], value) for key, value in state.items())
 
 
 def test_actor_side_sampler_loads_policy_weights():

@@ -79,6 +79,7 @@ def test_update_gradients_equal_autograd(twin_q, hidden_sizes):
     q_loss.backward()
     assert metrics["q_loss"] == pytest.approx(q_loss.item(), rel=1e-5)
     assert_close_grads(grads(agent.q), grads(reference.q))
+    assert metrics["q_grad_norm"] == pytest.approx(torch.nn.utils.get_total_norm(grads(reference.q).values()).item(), rel=1e-4)
 
     # SVGD step, eqs. (13), (14), against the Q the agent has just stepped to
     reference.q.load_state_dict(agent.q.state_dict())
@@ -94,4 +95,5 @@ def test_update_gradients_equal_autograd(twin_q, hidden_sizes):
     stein, _ = stein_direction(fixed.detach(), score, updated.detach())
     (-(stein * updated).sum()).backward()
     assert_close_grads(grads(agent.sampler), grads(reference.sampler))
+    assert metrics["sampler_grad_norm"] == pytest.approx(torch.nn.utils.get_total_norm(grads(reference.sampler).values()).item(), rel=1e-4)
     assert metrics["stein_norm"] == pytest.approx(stein.norm(dim=-1).mean().item(), rel=1e-4)
