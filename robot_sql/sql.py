@@ -560,8 +560,8 @@ def load_checkpoint(path: str | Path) -> dict:
 def adam_step(optimizer: torch.optim.Adam) -> None:
     """optimizer.step(), as torch's functional Adam (torch.optim.adam.adam, the call that
     Adam.step makes) on the optimizer's own state and settings: the same arithmetic, without the
-    bookkeeping around it (step hooks, a profiler record, the per-parameter state set-up), which
-    inside an update costs 100-200 us per step on CPU, ~4 % of an update at batch 128. The first
+    bookkeeping around it (step hooks, a profiler record, the per-parameter state set-up), about
+    100 us per step inside an update on CPU, ~4 % of an update at batch 128. The first
     step is Adam.step itself, which creates the state (one group, every parameter with a gradient)."""
     if not optimizer.state:
         optimizer.step()
