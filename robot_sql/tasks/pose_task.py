@@ -10,14 +10,19 @@ Observation (float32, 23 values, in this order):
 | 0:7     | joint angles right_j0..right_j6                  | rad                |
 | 7:14    | joint velocities / velocity limits               | 1 (in [-1, 1])     |
 | 14:17   | right_hand position in base                      | m                  |
-| 17:20   | target position - right_hand position (base)     | m                  |
-| 20:23   | rotation vector from right_hand's orientation to the target's (base) | rad |
+| 17:20   | target position - right_hand position (base), x ERROR_SCALE | 0.1 m      |
+| 20:23   | rotation vector from right_hand's orientation to the target's (base), x ERROR_SCALE | 0.1 rad |
+
+The two errors are scaled up so that they are of the order of the other inputs where
+precision matters: in metres, 1 cm would be an input change of 0.01 beside joint angles of
+order 1, and SQL on the reach task stayed at 0 % success (docs/sim.md, "What made it learn").
 
 Action: 7 values in [-1, 1], joint velocity commands as a fraction of each joint's velocity
 limit, scaled by `velocity_fraction` (default 0.3, Intera's default speed ratio).
 
 Reward, with d = |position error| + orientation_weight * |orientation error| (metres; the
-default weight 0.05 m/rad counts 15 degrees as 1.3 cm):
+default weight 0.2 m/rad counts 3 degrees as 1 cm and 6 degrees as 2 cm, so that the orientation
+tolerance weighs about as much as the position tolerance):
 
     r = -d / distance_scale - (1 - exp(-(d / precision_scale)^2))
 
@@ -39,12 +44,14 @@ from robot_sql.tasks.poses import Pose, pose_error
 
 OBSERVATION_SIZE = 23
 ACTION_SIZE = len(sawyer.JOINT_NAMES)
+ERROR_SCALE = 10.0  # per m and per rad: the pose errors in the observation read in tenths
 
 
 def observation(joint_positions: np.ndarray, joint_velocities: np.ndarray, hand: Pose, target: Pose) -> np.ndarray:
     position_error, rotation_error = pose_error(hand, target)
     return np.concatenate([
-        joint_positions, joint_velocities / sawyer.VELOCITY_LIMITS, hand[0], position_error, rotation_error,
+        joint_positions, joint_velocities / sawyer.VELOCITY_LIMITS, hand[0],
+        ERROR_SCALE * position_error, ERROR_SCALE * rotation_error,
     ]).astype(np.float32)
 
 
@@ -58,7 +65,7 @@ class PoseTask:
     position_tolerance: float = 0.003  # m
     orientation_tolerance: float = np.deg2rad(3.0)  # rad
     hold_time: float = 0.25  # s
-    orientation_weight: float = 0.05  # m per rad
+    orientation_weight: float = 0.2  # m per rad
     distance_scale: float = 0.1  # m
     precision_scale: float = 0.01  # m
 
