@@ -79,7 +79,11 @@ def load_replay(checkpoint: Path) -> ReplayBuffer:
 @click.option("--updates", type=click.IntRange(min=1), default=2000, show_default=True, help="SVGD sampler updates.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
-def compose_command(checkpoints, env_name, out, mean, updates, seed, episodes):
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch CPU threads (as the learner's torch_threads; more than one is slower on a busy small machine).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def compose_command(checkpoints, env_name, out, mean, updates, seed, episodes, threads, no_progress):
     """Compose agent CHECKPOINTS (from `robot-sql train`, replay.npz beside each) into one policy."""
-    result = compose(list(checkpoints), resolve_env_id(env_name), out, mean, updates, seed, episodes)
+    torch.set_num_threads(threads)
+    result = compose(list(checkpoints), resolve_env_id(env_name), out, mean, updates, seed, episodes, progress=not no_progress)
     click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} -> {out}")

@@ -364,6 +364,19 @@ class SoftQLearning:
         self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.policy_lr, fused=True)
         self.updates = 0
 
+    # fixed by the networks a checkpoint holds
+    ARCHITECTURE = ("obs_dim", "act_dim", "hidden_sizes", "twin_q")
+
+    def reconfigure(self, changes: Mapping[str, object]) -> None:
+        """Change training settings of an existing agent (fine-tuning), through SQLConfig's checks."""
+        fixed = sorted(key for key in changes if key in self.ARCHITECTURE and changes[key] != getattr(self.config, key))
+        if fixed:
+            raise ValueError(f"{fixed} are fixed by the agent's networks and cannot change")
+        self.config = SQLConfig(**{**asdict(self.config), **changes})
+        for optimizer, lr in ((self.q_optimizer, self.config.q_lr), (self.sampler_optimizer, self.config.policy_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
     # ---- acting ---------------------------------------------------------------------------
     def act(self, observations: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """Sample a ~ pi(.|s) (the same stochastic policy is used for exploration and evaluation)."""
