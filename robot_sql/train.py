@@ -72,6 +72,11 @@ def env_alias(env_id: str) -> str:
     return next((alias for alias, target in ENV_ALIASES.items() if target == env_id), env_id)
 
 
+# Periodic evaluations reset their envs with seeds from here on: training seeds only its first reset
+# (the env's own generator draws every later episode), so these episodes are never trained on.
+HELD_OUT_SEED = 1_000_000
+
+
 class TrainSettings(Settings):
     """Settings of `robot-sql train` (YAML keys; env vars ROBOT_SQL_TRAIN_<KEY>)."""
 
@@ -82,15 +87,17 @@ class TrainSettings(Settings):
     min_pool_size: int = Field(200, ge=1, description="transitions collected before the first update")
     updates_per_step: int = Field(1, ge=1)
     replay_capacity: int = Field(1_000_000, ge=1)
-    eval_episodes: int = Field(100, ge=1)
+    eval_episodes: int = Field(100, ge=0, description="episodes of the final evaluation (eval.json); 0: none")
     log_every: int = Field(500, ge=1, description="steps between metrics.jsonl rows")
     eval_every: int | None = Field(None, ge=1, description="steps between evaluations logged as eval_success_rate")
     eval_every_episodes: int = Field(20, ge=1)
+    eval_seed: int = Field(HELD_OUT_SEED, ge=0, description="env seed of the first periodic evaluation episode")
     sql: dict[str, Any] = Field(default_factory=dict, description="SQLConfig overrides on top of the env preset")
     anneal_reward_scale_to: float | None = Field(
         None, gt=0, description="fine-tuning: anneal reward_scale log-linearly to this value (paper sec. 5)"
     )
     anneal_steps: int = Field(2000, ge=1)
+    torch_threads: int = Field(1, ge=1, description="CPU threads for torch (as the learner's torch_threads)")
 
     @field_validator("sql")
     @classmethod
@@ -131,14 +138,17 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
     """Train, then write out/agent.pt, out/replay.npz, out/metrics.jsonl, out/eval.json and a plot."""
     out.mkdir(parents=True, exist_ok=True)
     dump_settings(settings, out / "config.yaml")
+    torch.set_num_threads(settings.torch_threads)
     env = gymnasium.make(env_id)
     if init is not None:
         agent = SoftQLearning.from_state_dict(load_checkpoint(init))
         expected = (env.observation_space.shape[0], env.action_space.shape[0])
         if (agent.config.obs_dim, agent.config.act_dim) != expected:
             raise ConfigError(f"--init checkpoint has (obs, act) dims {(agent.config.obs_dim, agent.config.act_dim)}, {env_id} needs {expected}")
-        for key, value in settings.sql.items():
-            setattr(agent.config, key, value)
+        try:
+            agent.reconfigure(settings.sql)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"--init with sql overrides: {error}") from error
     else:
         agent = SoftQLearning(make_sql_config(env, env_id, settings.sql, settings.seed))
     start_scale = agent.config.reward_scale
@@ -182,8 +192,8 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
                     **last_metrics,
                 }
                 if evaluate_now:
-                    periodic = evaluate(agent, env_id, settings.eval_every_episodes, seed=settings.seed + 20_000 + step)
-                    row["eval_success_rate"] = periodic["success_rate"]
+                    periodic = evaluate(agent, env_id, settings.eval_every_episodes, seed=settings.eval_seed)
+                    row.update({f"eval_{key}": periodic[key] for key in EVAL_KEYS if key in periodic})
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(ret=row["episode_return"], q_loss=last_metrics.get("q_loss"))
@@ -191,16 +201,22 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
 
     agent.save(out / "agent.pt")
     replay.save(out / "replay.npz")
+    if not settings.eval_episodes:
+        return {}
     result = evaluate(agent, env_id, settings.eval_episodes, seed=settings.seed + 10_000)
     write_eval(result, out, env_id)
     return result
+
+
+# what a periodic evaluation adds to its metrics.jsonl row, as eval_<key>
+EVAL_KEYS = ("success_rate", "mean_return", "final_position_error", "final_orientation_error")
 
 
 def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
     """Roll out the stochastic policy; success is the env's info["is_success"] at the episode's end."""
     torch.manual_seed(seed)  # a bare Sampler draws its noise from torch's global generator
     env = gymnasium.make(env_id)
-    returns, successes, trajectories = [], [], []
+    returns, successes, trajectories, final_errors = [], [], [], []
     goal_counts = None
     goal_index = getattr(env.unwrapped, "goal_index", None)
     if goal_index is not None:
@@ -216,6 +232,8 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
         returns.append(total)
         successes.append(bool(info.get("is_success", False)))
         trajectories.append(np.asarray(path))
+        if "position_error" in info:
+            final_errors.append((info["position_error"], info["orientation_error"]))
         if goal_counts is not None and (reached := goal_index(obs)) is not None:
             goal_counts[reached] += 1
     result = {
@@ -225,6 +243,9 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
         "mean_return": float(np.mean(returns)),
         "goal_counts": goal_counts,
     }
+    if final_errors:  # pose tasks: where the episodes ended (median over episodes)
+        position, orientation = np.median(np.asarray(final_errors), axis=0)
+        result.update(final_position_error=float(position), final_orientation_error=float(orientation))
     result["trajectories"] = trajectories  # for the plot; not written to eval.json
     return result
 
@@ -259,7 +280,8 @@ def train_command(env, seed, steps, out, config_path, init, anneal_reward_scale_
         raise ConfigError(f"--init checkpoint not found: {init}")
     settings = load_settings(TrainSettings, config_path, seed=seed, steps=steps, anneal_reward_scale_to=anneal_reward_scale_to)
     result = train(env_id, settings, out, init=init, progress=not no_progress)
-    click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} goal_counts={result['goal_counts']} -> {out}")
+    if result:
+        click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} goal_counts={result['goal_counts']} -> {out}")
 
 
 @click.command("eval")
@@ -268,8 +290,11 @@ def train_command(env, seed, steps, out, config_path, init, anneal_reward_scale_
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--seed", type=int, default=10_000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def eval_command(checkpoint, env_name, episodes, seed, out):
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch CPU threads (as the learner's torch_threads).")
+def eval_command(checkpoint, env_name, episodes, seed, out, threads):
     """Evaluate an agent or policy checkpoint; writes OUT/eval.json (and a trajectory plot for 2-D tasks)."""
+    torch.set_num_threads(threads)
     env_id = resolve_env_id(env_name)
     try:
         policy = load_policy(checkpoint)
