@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("robot_sql.train:train_command", "Train SQL on an environment in one process (2-D tasks, Sawyer envs)."),
     "eval": ("robot_sql.train:eval_command", "Evaluate an agent checkpoint; writes eval.json."),
     "finetune-report": ("robot_sql.finetune:finetune_report_command", "Fine-tuning from a pretrained max-entropy policy vs from scratch (report + plot)."),
+    "perturb": ("robot_sql.perturbation:perturb_command", "Perturbation test of a checkpoint on the simulated arm (pushes, joint displacements)."),
     "compose": ("robot_sql.compose:compose_command", "Compose trained agents by summing their Q-functions (no new env steps)."),
     "panel": ("robot_sql.panel.app:panel_command", "Web panel of a run: live curves, controls, e-stop, perturbation tests."),
     "render": ("robot_sql.sim.render:render_command", "Render a Sawyer env headless: PNG of a frame, GIF/MP4 of an episode."),

@@ -41,7 +41,7 @@ from robot_sql.replay_store import ReplayStore
 from robot_sql.rundir import MetricsStore, RunDir, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
 from robot_sql.sql import SoftQLearning, load_checkpoint
-from robot_sql.train import check_box_spaces, make_sql_config
+from robot_sql.train import check_box_spaces, make_sql_config, preset
 
 SOURCE = "learner"
 VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
@@ -88,6 +88,7 @@ class Learner:
         env = make_env(settings.env)  # for its spaces and the per-env SQL preset
         config = make_sql_config(env, settings.env, settings.sql, settings.seed)
         env.close()
+        self.utd_ratio = settings.utd_ratio or preset(settings.env).updates_per_step
         checkpoint_path = run.checkpoints / "learner.pt"
         if checkpoint_path.exists():
             state = load_checkpoint(checkpoint_path)
@@ -294,7 +295,7 @@ class Learner:
         updates_at_log, transitions_at_log = self.agent.updates, self.store.transitions_total
         losses: dict[str, list[float]] = {}
         while not self.stop_requested.is_set():
-            allowed = settings.utd_ratio * (self.store.transitions_total - settings.min_replay + 1)
+            allowed = self.utd_ratio * (self.store.transitions_total - settings.min_replay + 1)
             if self.paused.is_set() or len(self.store) < settings.min_replay or self.agent.updates >= allowed:
                 self.data_arrived.wait(0.01)
                 self.data_arrived.clear()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import click
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -212,3 +213,40 @@ def save_report(run: RunDir, report: dict[str, Any]) -> Path:
     path = run.reports / f"perturbation-{stamp}-{checked.spec.kind}.json"
     atomic_write_bytes(path, checked.model_dump_json(indent=2).encode())
     return path
+
+
+@click.command("perturb")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--env", "env_name", required=True, help="Sawyer pose env (e.g. sawyer-lego).")
+@click.option("--kind", type=click.Choice(["wrench", "displacement"]), required=True)
+@click.option("--magnitude", type=float, required=True, help="wrench: N; displacement: rad (joint-space norm).")
+@click.option("--duration", "duration_s", type=float, default=0.2, show_default=True, help="How long a wrench pushes (s).")
+@click.option("--push-at", "push_at_s", type=float, default=0.5, show_default=True, help="Robot time into the episode (s).")
+@click.option("--link", default="right_l6", show_default=True, help="The link a wrench pushes.")
+@click.option("--trials", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=1_000_000, show_default=True, help="Env seed of the first trial (held out).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON report.")
+def perturb_command(checkpoint, env_name, kind, magnitude, duration_s, push_at_s, link, trials, seed, out):
+    """Perturbation test of a trained policy on the simulated arm, as an actor runs it on its `perturb` command."""
+    import gymnasium
+    import torch
+
+    from robot_sql.config import ConfigError
+    from robot_sql.sql import load_policy
+    from robot_sql.train import resolve_env_id
+
+    torch.set_num_threads(1)
+    try:
+        spec = PerturbationSpec(kind=kind, magnitude=magnitude, duration_s=duration_s, push_at_s=push_at_s,
+                                link=link, trials=trials, seed=seed)
+        policy = load_policy(checkpoint)
+    except ValueError as error:  # pydantic's ValidationError is one
+        raise ConfigError(str(error)) from error
+    generator = torch.Generator()
+    report = run_trials(gymnasium.make(resolve_env_id(env_name)), lambda obs: policy.act(obs, generator=generator),
+                        spec, reseed=generator.manual_seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, PerturbationReport.model_validate(report).model_dump_json(indent=2).encode())
+    summary = report["summary"]
+    click.echo(f"success {summary['success_rate']:.2f} (untouched {summary['reference_success_rate']:.2f}), "
+               f"recovered {summary['recovered_rate']:.2f}, max deviation {summary['max_deviation_m'] * 1000:.0f} mm -> {out}")

@@ -1,47 +1,30 @@
-"""SQL learns to reach on the simulated Sawyer: a CI-sized budget, a fixed seed, and the
-untrained policy measured in the same test as the baseline."""
+"""SQL learns to reach on the simulated Sawyer, judged by the task's own success (the hand held
+within 1 cm and 6 degrees of the target for 0.25 s) on held-out episodes: a CI-sized budget
+(8,000 steps, under 7 simulated minutes) at a fixed seed, with the env's preset
+(robot_sql.train.PRESETS) and the untrained policy measured in the same test as the baseline."""
 import gymnasium
-import numpy as np
-import torch
 
 from robot_sql.config import load_settings
-from robot_sql.sql import Sampler, SoftQLearning, load_policy
-from robot_sql.train import TrainSettings, evaluate, make_sql_config, train
+from robot_sql.sql import SoftQLearning, load_policy
+from robot_sql.train import HELD_OUT_SEED, TrainSettings, evaluate, make_sql_config, train
 
 ENV_ID = "SawyerReachNear-v0"
-STEPS = 10_000
-EPISODES = 20
+STEPS = 8_000
+EPISODES = 50
 SEED = 0
 
 
-def final_hand_distances(policy: Sampler, seed: int) -> np.ndarray:
-    """Distance (m) from right_hand to the target at the end of each of EPISODES episodes."""
-    torch.manual_seed(seed)
-    env = gymnasium.make(ENV_ID)
-    distances = []
-    for episode in range(EPISODES):
-        obs, info = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy.act(obs))
-            done = terminated or truncated
-        distances.append(info["position_error"])
-    return np.array(distances)
-
-
 def test_sql_learns_to_reach_on_the_sawyer(tmp_path):
-    settings = load_settings(TrainSettings, seed=SEED, steps=STEPS, eval_episodes=EPISODES)
-    untrained = SoftQLearning(make_sql_config(gymnasium.make(ENV_ID), ENV_ID, settings.sql, SEED), device="cpu").sampler
-    before = final_hand_distances(untrained, seed=1000)
-    before_eval = evaluate(untrained, ENV_ID, EPISODES, seed=SEED + 10_000)
+    settings = load_settings(TrainSettings, seed=SEED, steps=STEPS, eval_episodes=0)
+    untrained = SoftQLearning(make_sql_config(gymnasium.make(ENV_ID), ENV_ID, settings.sql, SEED), device="cpu")
+    before = evaluate(untrained, ENV_ID, EPISODES, seed=HELD_OUT_SEED)
 
-    after_eval = train(ENV_ID, settings, tmp_path, progress=False)
-    after = final_hand_distances(load_policy(tmp_path / "agent.pt"), seed=1000)
+    train(ENV_ID, settings, tmp_path, progress=False)
+    after = evaluate(load_policy(tmp_path / "agent.pt"), ENV_ID, EPISODES, seed=HELD_OUT_SEED)
 
-    print(f"{ENV_ID}, {STEPS} steps: final hand distance {before.mean():.3f} -> {after.mean():.3f} m, "
-          f"return {before_eval['mean_return']:.1f} -> {after_eval['mean_return']:.1f}")
-    # targets start about 0.22 m away; the untrained policy wanders and ends further off
-    assert before.mean() > 0.2
-    assert after.mean() < 0.5 * before.mean()
-    assert np.median(after) < 0.1
-    assert after_eval["mean_return"] > 0.75 * before_eval["mean_return"]  # returns are negative
+    print(f"{ENV_ID}, {STEPS} steps: success {before['success_rate']:.2f} -> {after['success_rate']:.2f}, "
+          f"final distance {before['final_position_error']:.3f} -> {after['final_position_error']:.3f} m")
+    # targets start about 0.22 m away; the untrained policy wanders and never holds the pose
+    assert before["success_rate"] == 0.0 and before["final_position_error"] > 0.15
+    assert after["success_rate"] >= 0.5
+    assert after["final_position_error"] < 0.01  # the median episode ends within the 1 cm tolerance

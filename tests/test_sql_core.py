@@ -155,6 +155,20 @@ def test_config_that_makes_no_sense_is_rejected():
         SQLConfig(obs_dim=2, act_dim=2, target_update="sometimes")
 
 
+def test_reconfigure_checks_the_new_settings_and_moves_the_learning_rates():
+    agent = make_agent()
+    agent.reconfigure({"reward_scale": 5.0, "q_lr": 1e-2, "policy_lr": 2e-2})
+    assert agent.config.reward_scale == 5.0
+    assert [group["lr"] for group in agent.q_optimizer.param_groups] == [1e-2]
+    assert [group["lr"] for group in agent.sampler_optimizer.param_groups] == [2e-2]
+    before = copy.deepcopy(agent.config)
+    with pytest.raises(ValueError, match="discount"):
+        agent.reconfigure({"discount": 1.5})
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        agent.reconfigure({"hidden_sizes": (7, 7)})
+    assert agent.config == before
+
+
 def test_save_load_round_trip_gives_identical_actions_and_updates(tmp_path):
     agent = make_agent()
     rng = np.random.default_rng(0)

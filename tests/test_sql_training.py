@@ -61,6 +61,11 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     (tmp_path / "typo.yaml").write_text("stepz: 10\n")
     typo = runner.invoke(main, ["train", "multigoal", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "typo.yaml")])
     assert typo.exit_code == 2 and "stepz" in typo.output
+    train("MultiGoal-v0", load_settings(TrainSettings, steps=50, min_pool_size=20, eval_episodes=0), tmp_path / "a", progress=False)
+    (tmp_path / "bad_init.yaml").write_text("sql: {discount: 2.0}\n")
+    bad_init = runner.invoke(main, ["train", "multigoal", "--steps", "10", "--out", str(tmp_path / "b"), "--init",
+                                    str(tmp_path / "a" / "agent.pt"), "--config", str(tmp_path / "bad_init.yaml")])
+    assert bad_init.exit_code == 2 and "discount" in bad_init.output
 
 
 def test_fine_tuning_anneals_reward_scale_from_a_pretrained_policy(tmp_path):

@@ -6,7 +6,9 @@ used in training), with the policy as the actor deploys it: SQL's stochastic sam
 stochastic policy. Success is the env's own (`terminated`: the pose held within tolerance).
 SQL trains through `robot_sql.train.train` with the env's preset (plus `--config`); SAC is
 Stable-Baselines3's with its defaults (256x256, batch 256, automatic entropy), as a user would
-run it. Results: OUT/learning.json, OUT/learning.png and OUT/learning.md (the table).
+run it. Results: OUT/learning.json, OUT/learning.png and OUT/learning.md (the table). Each run
+keeps OUT/<algo>-seed<N>/run.json; a rerun with the same settings reads finished runs back, so
+an interrupted benchmark resumes and `--seeds` can be raised later.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 import click
 import gymnasium
 import numpy as np
+import yaml
 
 from robot_sql.config import ConfigError, load_settings
 
@@ -72,22 +75,30 @@ def train_sac(env_id: str, seed: int, steps: int, eval_every: int, eval_episodes
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One (algorithm, seed): train, evaluate periodically, return the evaluations."""
+    """One (algorithm, seed): train, evaluate periodically, return the evaluations. A run already
+    finished in OUT with the same settings is read back instead (a long benchmark can be resumed)."""
     import torch
 
     import robot_sql  # noqa: F401  (registers the environments)
 
-    torch.set_num_threads(1)
     out = Path(job["out"]) / f"{job['algo']}-seed{job['seed']}"
+    done = out / "run.json"
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous["job"] == {**job, "out": None}:
+            return {**previous["run"], "reused": True}
+    torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     common = (job["env"], job["seed"], job["steps"], job["eval_every"], job["eval_episodes"])
     if job["algo"] == "sql":
-        evaluations = train_sql(*common, job["config"], out)
+        evaluations = train_sql(*common, Path(job["config"]) if job["config"] else None, out)
     else:
         evaluations = train_sac(*common, out)
-    return {"algo": job["algo"], "seed": job["seed"], "wall_s": round(time.perf_counter() - started, 1),
-            "evaluations": evaluations}
+    run = {"algo": job["algo"], "seed": job["seed"], "wall_s": round(time.perf_counter() - started, 1),
+           "evaluations": evaluations}
+    done.write_text(json.dumps({"job": {**job, "out": None}, "run": run}) + "\n")
+    return run
 
 
 def summarise(runs: list[dict[str, Any]], minutes_per_step: float) -> list[dict[str, Any]]:
@@ -179,21 +190,23 @@ def bench_learning_command(env_name, seeds, steps, algos, eval_every, eval_episo
     minutes_per_step = 1.0 / getattr(env.unwrapped, "control_hz", 60.0) / 60.0
     env.close()
     out.mkdir(parents=True, exist_ok=True)
+    sql_settings = yaml.safe_load(config.read_text()) if config else None  # what a finished run is matched on
     job_list = [{"algo": algo, "seed": seed, "env": env_id, "steps": steps, "eval_every": eval_every,
-                 "eval_episodes": eval_episodes, "config": config, "out": str(out)}
+                 "eval_episodes": eval_episodes, "config": str(config) if config else None,
+                 "sql_settings": sql_settings if algo == "sql" else None, "out": str(out)}
                 for seed in range(seeds) for algo in chosen]
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(jobs, len(job_list))) as pool:
         runs = []
         for run in pool.imap_unordered(run_one, job_list):
             runs.append(run)
-            click.echo(f"{run['algo']} seed {run['seed']}: done in {run['wall_s']:.0f} s, "
+            click.echo(f"{run['algo']} seed {run['seed']}: {'read back' if run.get('reused') else 'done'} in {run['wall_s']:.0f} s, "
                        f"final success {run['evaluations'][-1]['success_rate'] if run['evaluations'] else '-'}")
     runs.sort(key=lambda run: (run["algo"], run["seed"]))
     summary = summarise(runs, minutes_per_step)
     result = {"env": env_id, "steps": steps, "seeds": seeds, "eval_every": eval_every, "eval_episodes": eval_episodes,
               "held_out_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + eval_episodes - 1],
-              "minutes_per_step": minutes_per_step, "sql_config": str(config) if config else None,
+              "minutes_per_step": minutes_per_step, "sql_config": str(config) if config else None, "sql_settings": sql_settings,
               "wall_s": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
     (out / "learning.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown_table(summary)
