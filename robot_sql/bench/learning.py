@@ -21,7 +21,6 @@ from typing import Any
 import click
 import gymnasium
 import numpy as np
-import yaml
 
 from robot_sql.config import ConfigError, load_settings
 
@@ -74,6 +73,18 @@ def train_sac(env_id: str, seed: int, steps: int, eval_every: int, eval_episodes
     return rows
 
 
+def effective_sql_settings(env_id: str, config: Path | None) -> dict[str, Any]:
+    """The training settings an SQL run gets: the --config file's over the env's preset."""
+    from robot_sql.train import TrainSettings, preset
+
+    settings = load_settings(TrainSettings, config).model_dump(mode="json")
+    for key in ("seed", "steps", "eval_every", "eval_every_episodes", "log_every", "eval_episodes"):
+        settings.pop(key)  # set per run by the benchmark
+    settings["updates_per_step"] = settings["updates_per_step"] or preset(env_id).updates_per_step
+    settings["sql"] = {**preset(env_id).sql, **settings["sql"]}
+    return settings
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One (algorithm, seed): train, evaluate periodically, return the evaluations. A run already
     finished in OUT with the same settings is read back instead (a long benchmark can be resumed)."""
@@ -83,9 +94,11 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(job["out"]) / f"{job['algo']}-seed{job['seed']}"
     done = out / "run.json"
+    # matched on what the run does, not where its files are: sql_settings holds the --config's effect
+    settings = json.loads(json.dumps({key: value for key, value in job.items() if key not in ("out", "config")}))
     if done.is_file():
         previous = json.loads(done.read_text())
-        if previous["job"] == {**job, "out": None}:
+        if previous["job"] == settings:
             return {**previous["run"], "reused": True}
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +110,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         evaluations = train_sac(*common, out)
     run = {"algo": job["algo"], "seed": job["seed"], "wall_s": round(time.perf_counter() - started, 1),
            "evaluations": evaluations}
-    done.write_text(json.dumps({"job": {**job, "out": None}, "run": run}) + "\n")
+    done.write_text(json.dumps({"job": settings, "run": run}) + "\n")
     return run
 
 
@@ -190,10 +203,10 @@ def bench_learning_command(env_name, seeds, steps, algos, eval_every, eval_episo
     minutes_per_step = 1.0 / getattr(env.unwrapped, "control_hz", 60.0) / 60.0
     env.close()
     out.mkdir(parents=True, exist_ok=True)
-    sql_settings = yaml.safe_load(config.read_text()) if config else None  # what a finished run is matched on
+    sql_settings = effective_sql_settings(env_id, config)  # what a finished SQL run is matched on
     job_list = [{"algo": algo, "seed": seed, "env": env_id, "steps": steps, "eval_every": eval_every,
-                 "eval_episodes": eval_episodes, "config": str(config) if config else None,
-                 "sql_settings": sql_settings if algo == "sql" else None, "out": str(out)}
+                 "eval_episodes": eval_episodes, "out": str(out),
+                 **({"config": str(config) if config else None, "sql_settings": sql_settings} if algo == "sql" else {})}
                 for seed in range(seeds) for algo in chosen]
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(jobs, len(job_list))) as pool:
