@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import zmq
 
-from robot_sql.config import ConfigError, load_settings
+from robot_sql.config import ConfigError, load_settings, refuse_unknown_environment
 from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client,
                                 secure_server, start_authenticator)
 from robot_sql.replay import pack_transition
@@ -481,6 +481,7 @@ def actor_command(learner: str | None, env_id: str | None, config_file: str | No
                   control_bind: str | None) -> None:
     """Run the policy on an environment at the control rate and stream transitions to the learner."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    refuse_unknown_environment(ActorSettings, other_prefixes=("ROBOT_SQL_ACTOR_NODE_",))  # the ROS node's own
     settings = load_settings(ActorSettings, config_file, learner=learner, env=env_id, name=name, control_bind=control_bind)
     torch.set_num_threads(1)  # a small policy: threads only cost latency
     import robot_sql  # noqa: F401  (registers our environments)

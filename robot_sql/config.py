@@ -2,18 +2,20 @@
 
 Every long-running component declares a `Settings` subclass with its own env prefix
 (e.g. `ROBOT_SQL_LEARNER_`). Precedence, highest first: explicit overrides (command-line
-flags), environment variables, the YAML file, the defaults in the class.
+flags), environment variables, the YAML file, the defaults in the class. NaN and inf are
+refused in every float setting (a checkpoint every inf seconds is a typo, not a plan).
 """
 from __future__ import annotations
 
 import contextvars
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import yaml
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 _yaml_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_values", default={})
 
@@ -35,7 +37,8 @@ class _YamlSource(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Base for component settings: unknown keys are errors, not silently ignored."""
 
-    model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="ROBOT_SQL_", env_nested_delimiter="__", extra="forbid",
+                                      allow_inf_nan=False)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -69,8 +72,25 @@ def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any
         )
         source = f" (from {path})" if path else ""
         raise ConfigError(f"invalid {cls.__name__}{source}: {problems}") from error
+    except SettingsError as error:  # an environment value that does not parse, e.g. a dict setting not in JSON
+        raise ConfigError(f"invalid {cls.__name__}: {error} ({error.__cause__}); dict and list settings "
+                          "are JSON in environment variables") from error
     finally:
         _yaml_values.reset(token)
+
+
+def refuse_unknown_environment(cls: type[Settings], other_prefixes: tuple[str, ...] = ()) -> None:
+    """ConfigError for an environment variable with `cls`'s prefix that names no setting: a misspelt
+    variable would otherwise be ignored without a word. `other_prefixes`: those of other components
+    that begin with this one's (ROBOT_SQL_ACTOR_NODE_ within ROBOT_SQL_ACTOR_)."""
+    prefix, delimiter = cls.model_config["env_prefix"].upper(), cls.model_config["env_nested_delimiter"]
+    fields = {name.upper() for name in cls.model_fields}
+    unknown = sorted(name for name in os.environ if name.upper().startswith(prefix)
+                     and not name.upper().startswith(tuple(other.upper() for other in other_prefixes))
+                     and name.upper()[len(prefix):].split(delimiter)[0] not in fields)
+    if unknown:
+        raise ConfigError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+                          f"the {cls.__name__} variables are {prefix}{{{', '.join(sorted(fields))}}}")
 
 
 def dump_settings(settings: Settings, path: str | Path) -> None:

@@ -12,7 +12,8 @@ Two threads:
 
 Restart on the same run directory: the replay log is read back (everything acknowledged is
 there), the last checkpoint is loaded, and weight versions continue above every version
-published before, crash or not (they are reserved on disk in blocks).
+published before, crash or not (they are reserved on disk in blocks). One learner per run
+directory: a second one finds learner.lock held and exits with status 2.
 """
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ import numpy as np
 import torch
 import zmq
 
-from robot_sql.config import ConfigError, dump_settings, load_settings
+from robot_sql.config import ConfigError, dump_settings, load_settings, refuse_unknown_environment
 from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, check_transitions, encode, secure_server,
                                 start_authenticator)
 from robot_sql.replay_store import ReplayStore
-from robot_sql.rundir import MetricsStore, RunDir, atomic_write_bytes
+from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import check_box_spaces, make_sql_config, preset
@@ -85,6 +86,14 @@ class Learner:
     def __init__(self, run: RunDir, settings: LearnerSettings):
         self.rundir, self.settings = run, settings
         self.sender = f"learner-{settings.port}"
+        # Sockets first: a taken port fails at once, not after the whole replay has been read.
+        self.context = zmq.Context()
+        self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
+        self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_transitions)
+        self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
+        self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
+        self.weights_counter = RejectCounter("weights")
+        self.control = self._bind(zmq.ROUTER, 2, "control", {"request"})
         env = make_env(settings.env)  # for its spaces and the per-env SQL preset
         config = make_sql_config(env, settings.env, settings.sql, settings.seed)
         env.close()
@@ -118,13 +127,6 @@ class Learner:
         self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
         self.unacked: collections.deque = collections.deque()  # (store.appended mark, envelope, session, seq), in order
         self.update_rate = self.ingest_rate = 0.0
-        self.context = zmq.Context()
-        self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
-        self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_transitions)
-        self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
-        self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
-        self.weights_counter = RejectCounter("weights")
-        self.control = self._bind(zmq.ROUTER, 2, "control", {"request"})
 
     def _check_transitions(self, message) -> None:
         if message.type == "transitions":
@@ -134,7 +136,10 @@ class Learner:
         socket = self.context.socket(kind)
         socket.linger = 0
         socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_frame_bytes)  # larger frames are cut at the transport
-        secure_server(socket, self.settings.curve_secret_key)
+        try:
+            secure_server(socket, self.settings.curve_secret_key)
+        except ValueError as error:  # a key file without the keys it should hold
+            raise ConfigError(f"curve_secret_key: {error}") from error
         address = f"tcp://{self.settings.host}:{self.settings.port + offset}"
         try:
             socket.bind(address)
@@ -384,6 +389,15 @@ class Learner:
         self.metrics.close()
 
 
+def check_device(device: str) -> None:
+    """A GPU asked for by name must be there: torch would fail only at the first update."""
+    if device.startswith("cuda"):
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device {device!r}: torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+                              f"(torch.cuda.is_available() is {torch.cuda.is_available()}); use auto or cpu")
+
+
 @click.command("learner")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Run directory (created, or resumed if it exists).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with LearnerSettings.")
@@ -391,10 +405,19 @@ class Learner:
 def learner_command(run_dir: str, config_file: str | None, port: int | None) -> None:
     """Receive transitions from actors, train soft Q-learning, publish weights."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    refuse_unknown_environment(LearnerSettings)
     settings = load_settings(LearnerSettings, config_file, port=port)
+    check_device(settings.device)
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
-    run = RunDir.create(run_dir)
+    try:
+        run = RunDir.create(run_dir)
+    except OSError as error:
+        raise ConfigError(f"cannot create the run directory {run_dir}: {error.strerror or error}") from error
+    try:
+        run.lock("learner")  # before anything of the run is read or written
+    except RunDirLocked as error:
+        raise ConfigError(str(error)) from error
     dump_settings(settings, run.root / "learner.yaml")
     learner = Learner(run, settings)
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,7 @@
 
     runs/<run-id>/
         config.yaml       resolved settings of the run
+        learner.lock      held (flock) by the one learner serving the run; holds its pid
         checkpoints/      atomic checkpoints (write to a temporary name, then rename)
         replay/           the durable replay store
         metrics.sqlite    metrics and events (WAL mode: several processes write, the panel reads)
@@ -10,6 +11,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import tempfile
@@ -18,6 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process holds the lock a process needs on the run directory."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,22 @@ class RunDir:
         for folder in (run.root, run.checkpoints, run.replay, run.reports, run.media):
             folder.mkdir(parents=True, exist_ok=True)
         return run
+
+    def lock(self, name: str) -> None:
+        """Take runs/<id>/<name>.lock for the rest of this process's life (a second learner on one run
+        would acknowledge and append the same batches). The kernel drops a flock when its holder dies,
+        kill -9 included, so a stale file never blocks a restart. RunDirLocked names the holder's pid."""
+        path = self.root / f"{name}.lock"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "unknown"  # empty only in the instant between its flock and write
+            os.close(descriptor)
+            raise RunDirLocked(f"another {name} (pid {holder}) is running on {self.root}; "
+                               f"one {name} per run directory ({path})") from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())  # the descriptor stays open: the lock is held
 
     @property
     def config(self) -> Path:

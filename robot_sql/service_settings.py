@@ -6,10 +6,10 @@ as soon as a link leaves the machine.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import DirectoryPath, Field, FilePath, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from robot_sql.config import Settings
@@ -23,7 +23,7 @@ class LearnerSettings(Settings):
     env: str = "MultiGoal-v0"  # gives the observation and action sizes
     host: str = "127.0.0.1"  # address the three sockets bind to
     port: int = Field(5555, ge=1, le=65533)  # data; weights on port + 1, control on port + 2
-    device: str = "auto"  # cuda if available else cpu
+    device: str = "auto"  # cuda if available else cpu; or cpu, cuda, cuda:N
     torch_threads: int | None = Field(None, ge=1)  # CPU threads for updates; None = torch's default
     seed: int = 0
     sql: dict[str, Any] = {}  # SQLConfig fields other than obs_dim / act_dim, over the env's preset
@@ -36,8 +36,16 @@ class LearnerSettings(Settings):
     checkpoint_every_s: float = Field(60.0, gt=0)
     log_every_s: float = Field(1.0, gt=0)
     max_updates: int | None = Field(None, ge=1)  # stop after this many updates (benchmarks, tests)
-    curve_secret_key: Path | None = None  # the learner's .key_secret file: turns CURVE on
-    curve_clients_dir: Path | None = None  # public keys of allowed actors; None accepts any key holder
+    curve_secret_key: FilePath | None = None  # the learner's .key_secret file: turns CURVE on
+    curve_clients_dir: DirectoryPath | None = None  # public keys of allowed actors; None accepts any key holder
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        # whether torch sees that GPU is checked where torch is loaded (robot_sql.learner)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {device!r}")
+        return device
 
 
 class ActorSettings(Settings):
@@ -61,9 +69,9 @@ class ActorSettings(Settings):
     control_bind: str = "tcp://127.0.0.1:5560"  # the panel's channel to this actor ("" = none)
     max_steps: int | None = Field(None, ge=1)  # stop after this many environment steps
     seed: int = 0
-    curve_secret_key: Path | None = None  # the actor's .key_secret file (also secures its control channel)
-    curve_server_key: Path | None = None  # the learner's public .key file
-    curve_clients_dir: Path | None = None  # public keys allowed on the control channel; None = any key holder
+    curve_secret_key: FilePath | None = None  # the actor's .key_secret file (also secures its control channel)
+    curve_server_key: FilePath | None = None  # the learner's public .key file
+    curve_clients_dir: DirectoryPath | None = None  # public keys allowed on the control channel; None = any key holder
 
     @model_validator(mode="after")
     def _check(self) -> "ActorSettings":
