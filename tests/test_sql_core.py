@@ -116,6 +116,40 @@ def test_update_returns_metrics_and_changes_parameters(twin_q, target_update):
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.sampler.parameters()))
 
 
+def test_hard_target_update_copies_the_online_q_every_interval_and_holds_still_in_between():
+    agent = make_agent(target_update="hard", target_update_interval=3)
+    assert all(torch.equal(t, q) for t, q in zip(agent.q_target.parameters(), agent.q.parameters()))  # starts a copy
+    assert all(t.data_ptr() != q.data_ptr() for t, q in zip(agent.q_target.parameters(), agent.q.parameters()))
+    rng = np.random.default_rng(0)
+    copied = [t.clone() for t in agent.q_target.parameters()]
+    for update in range(1, 8):
+        agent.update(random_batch(rng))
+        targets, online = list(agent.q_target.parameters()), list(agent.q.parameters())
+        if update % 3 == 0:
+            assert all(torch.equal(t, q) for t, q in zip(targets, online)), update
+            copied = [t.clone() for t in targets]
+        else:  # the last copy, unchanged, while the online Q moves on
+            assert all(torch.equal(t, c) for t, c in zip(targets, copied)), update
+            assert any(not torch.equal(t, q) for t, q in zip(targets, online)), update
+
+
+@pytest.mark.parametrize("twin_q", [False, True])
+def test_polyak_target_update_moves_the_target_tau_of_the_way_to_the_online_q(twin_q):
+    """target <- (1 - tau) target + tau online after every update (tau = 0.25, so a swapped tau shows)."""
+    agent = make_agent(target_update="polyak", tau=0.25, twin_q=twin_q)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # target and online apart first
+        agent.update(random_batch(rng))
+    for _ in range(2):
+        old_targets = [t.clone() for t in agent.q_target.parameters()]
+        agent.update(random_batch(rng))
+        for (name, new_target), old_target, new_online in zip(agent.q_target.named_parameters(), old_targets,
+                                                               agent.q.parameters()):
+            assert not torch.equal(new_target, old_target) and not torch.equal(new_target, new_online), name
+            expected = 0.75 * old_target + 0.25 * new_online
+            torch.testing.assert_close(new_target, expected, rtol=1e-6, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [

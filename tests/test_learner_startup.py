@@ -1,0 +1,132 @@
+"""How `robot-sql learner` refuses to start: one learner per run directory, a taken port found
+before the run is read, and one line (exit status 2, no traceback) for every bad setting.
+
+Real processes, files and sockets; each refusal comes back in seconds.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from robot_sql.protocol import ControlClient, ControlError
+from tests.panel_support import ROBOT_SQL, free_port_block, start, stop, wait_for
+
+
+def clean_environment(**variables: str) -> dict[str, str]:
+    """os.environ without the caller's own ROBOT_SQL_LEARNER_* settings, plus `variables`."""
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("ROBOT_SQL_LEARNER_")}
+    return {**inherited, **variables}
+
+
+def refuse(args: list[str], **variables: str) -> str:
+    """Run `robot-sql ARGS`, expect status 2 and exactly one line of output; return it."""
+    result = subprocess.run([ROBOT_SQL, *args], env=clean_environment(**variables), capture_output=True, text=True,
+                            timeout=30)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and len(output.splitlines()) == 1, output
+    return output
+
+
+def write_config(path: Path, port: int) -> Path:
+    path.write_text(yaml.safe_dump({"port": port, "torch_threads": 1, "min_replay": 100}))
+    return path
+
+
+def learner_status(port: int) -> dict | None:
+    try:
+        return ControlClient(f"tcp://127.0.0.1:{port + 2}", timeout_s=1.0).call("status")
+    except ControlError:
+        return None
+
+
+def test_a_second_learner_on_a_run_directory_is_refused_until_the_first_is_gone(tmp_path):
+    run = tmp_path / "run"
+    first_port, second_port = free_port_block(3), free_port_block(3)
+    first_config = write_config(tmp_path / "first.yaml", first_port)
+    second_config = write_config(tmp_path / "second.yaml", second_port)
+    processes = [start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(first_config)],
+                       tmp_path / "first.log", clean_environment())]
+    try:
+        wait_for(lambda: learner_status(first_port), 60, "the first learner")
+        settings_written = (run / "learner.yaml").read_text()
+
+        # other ports, same run: refused at once (it would otherwise append the same batches as the first)
+        line = refuse(["learner", "--run-dir", str(run), "--config", str(second_config)])
+        assert f"pid {processes[0].pid}" in line and str(run) in line, line
+        assert (run / "learner.yaml").read_text() == settings_written  # the second one touched nothing
+        assert learner_status(first_port) is not None
+
+        os.killpg(processes[0].pid, signal.SIGKILL)  # the kernel releases the lock of a dead process
+        processes[0].wait(10)
+        processes.append(start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(second_config)],
+                               tmp_path / "restarted.log", clean_environment()))
+        wait_for(lambda: learner_status(second_port), 60, "the learner restarted after kill -9")
+        assert (run / "learner.lock").read_text().strip() == str(processes[1].pid)
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def test_a_taken_port_is_refused_before_the_run_is_read(tmp_path):
+    port = free_port_block(3)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "learner.pt").write_bytes(b"not a checkpoint")  # reading it would end in a traceback
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        line = refuse(["learner", "--run-dir", str(run), "--port", str(port)])
+    assert f"127.0.0.1:{port}" in line and "data socket" in line, line
+
+
+def missing_gpu() -> str:
+    """A CUDA device this machine lacks: plain cuda without a GPU, else one past the last GPU."""
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("variable, value, culprit", [
+    ("ROBOT_SQL_LEARNER_SQL", "notjson", "sql"),
+    ("ROBOT_SQL_LEARNER_DEVICE", "banana", "banana"),
+    ("ROBOT_SQL_LEARNER_DEVICE", missing_gpu(), missing_gpu()),
+    ("ROBOT_SQL_LEARNER_BATCH_SIZE", "-1", "ROBOT_SQL_LEARNER_BATCH_SIZE"),  # a setting of sql, not of the learner
+    ("ROBOT_SQL_LEARNER_CHECKPOINT_EVERY_S", "inf", "checkpoint_every_s"),
+    ("ROBOT_SQL_LEARNER_LOG_EVERY_S", "inf", "log_every_s"),
+    ("ROBOT_SQL_LEARNER_CURVE_SECRET_KEY", "/nonexistent/learner.key_secret", "curve_secret_key"),
+])
+def test_a_bad_environment_setting_is_one_line_and_status_2(tmp_path, variable, value, culprit):
+    run = tmp_path / "run"
+    line = refuse(["learner", "--run-dir", str(run)], **{variable: value})
+    assert culprit in line, line
+    assert not run.exists()  # refused before the run directory is made
+
+
+def test_a_key_file_without_keys_is_one_line_and_status_2(tmp_path):
+    (tmp_path / "learner.key_secret").write_text("not a key\n")
+    line = refuse(["learner", "--run-dir", str(tmp_path / "run"), "--port", str(free_port_block(3))],
+                  ROBOT_SQL_LEARNER_CURVE_SECRET_KEY=str(tmp_path / "learner.key_secret"))
+    assert "curve_secret_key" in line and "learner.key_secret" in line, line
+
+
+def test_an_unknown_variable_names_itself_and_the_settings(tmp_path):
+    line = refuse(["learner", "--run-dir", str(tmp_path / "run")], ROBOT_SQL_LEARNER_BATCH_SIZE="-1")
+    assert "CHECKPOINT_EVERY_S" in line and "UTD_RATIO" in line, line
+    # the actor's prefix too, but not the ROS actor node's (ROBOT_SQL_ACTOR_NODE_), which begins like it
+    line = refuse(["actor"], ROBOT_SQL_ACTOR_CONTROL_RATE="5", ROBOT_SQL_ACTOR_NODE_ACTOR__SEED="1")
+    assert "ROBOT_SQL_ACTOR_CONTROL_RATE" in line and "CONTROL_RATE_HZ" in line and "NODE" not in line, line
+
+
+@pytest.mark.parametrize("where", ["/proc/robot-sql-run", "/sys/robot-sql-run", "under a file"])
+def test_a_run_directory_that_cannot_be_made_is_one_line_and_status_2(tmp_path, where):
+    if where == "under a file":
+        (tmp_path / "a-file").write_text("")
+        where = str(tmp_path / "a-file" / "run")
+    line = refuse(["learner", "--run-dir", where])
+    assert f"cannot create the run directory {where}" in line, line
