@@ -17,7 +17,7 @@ import click
 import gymnasium
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 from tqdm import tqdm
 
@@ -124,13 +124,18 @@ class TrainSettings(Settings):
         return value
 
 
+SQL_CONFIG = TypeAdapter(SQLConfig)
+
+
 def make_sql_config(env: gymnasium.Env, env_id: str, overrides: dict[str, Any], seed: int) -> SQLConfig:
     check_box_spaces(env, env_id)
-    values = {**preset(env_id).sql, **overrides, "seed": seed}
-    try:
-        return SQLConfig(obs_dim=env.observation_space.shape[0], act_dim=env.action_space.shape[0], **values)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from error
+    values = {**preset(env_id).sql, **overrides, "seed": seed,
+              "obs_dim": env.observation_space.shape[0], "act_dim": env.action_space.shape[0]}
+    try:  # through pydantic: values from environment variables arrive as strings ("64" -> 64)
+        return SQL_CONFIG.validate_python(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'sql'}: {item['msg']}" for item in error.errors())
+        raise ConfigError(f"invalid SQL settings: {problems}") from error
 
 
 def check_box_spaces(env: gymnasium.Env, env_id: str) -> None:

@@ -108,6 +108,13 @@ def test_a_bad_environment_setting_is_one_line_and_status_2(tmp_path, variable, 
     assert not run.exists()  # refused before the run directory is made
 
 
+def test_a_bad_sql_setting_from_the_environment_is_one_line_and_status_2(tmp_path):
+    # nested values arrive as strings: "-1" must be read as a number and then refused as one
+    line = refuse(["learner", "--run-dir", str(tmp_path / "run"), "--port", str(free_port_block(3))],
+                  ROBOT_SQL_LEARNER_SQL__BATCH_SIZE="-1")
+    assert "batch_size must be >= 1" in line, line
+
+
 def test_a_key_file_without_keys_is_one_line_and_status_2(tmp_path):
     (tmp_path / "learner.key_secret").write_text("not a key\n")
     line = refuse(["learner", "--run-dir", str(tmp_path / "run"), "--port", str(free_port_block(3))],
