@@ -96,3 +96,25 @@ def test_a_displacement_never_leaves_the_joint_limits(env):
         reached = robot.joint_positions()
         assert np.all(reached <= sawyer.POSITION_UPPER - JOINT_LIMIT_MARGIN_RAD + 1e-9)
         assert np.all(reached >= sawyer.POSITION_LOWER + JOINT_LIMIT_MARGIN_RAD - 1e-9)
+
+
+def test_perturb_command_writes_a_report_and_refuses_a_push_beyond_the_limit(tmp_path):
+    """`robot-sql perturb` on a (here untrained) SQL checkpoint: a JSON report with every trial; a
+    push over the limit is one line and status 2, before any episode runs."""
+    import json
+
+    from click.testing import CliRunner
+
+    from robot_sql.cli import main
+    from robot_sql.sql import SoftQLearning, SQLConfig
+    from robot_sql.tasks.pose_task import ACTION_SIZE, OBSERVATION_SIZE
+
+    SoftQLearning(SQLConfig(obs_dim=OBSERVATION_SIZE, act_dim=ACTION_SIZE, hidden_sizes=(16, 16))).save(tmp_path / "agent.pt")
+    common = [str(tmp_path / "agent.pt"), "--env", "sawyer-reach", "--kind", "wrench", "--push-at", "0.2", "--trials", "2"]
+    result = CliRunner().invoke(main, ["perturb", *common, "--magnitude", "20", "--out", str(tmp_path / "push.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "push.json").read_text())
+    assert report["env"] == "SawyerReach-v0" and len(report["trials"]) == 2
+    assert report["summary"]["max_deviation_m"] > 0  # 20 N on the wrist moves the hand
+    refused = CliRunner().invoke(main, ["perturb", *common, "--magnitude", "1000", "--out", str(tmp_path / "no.json")])
+    assert refused.exit_code == 2 and "exceeds the limit" in refused.output and not (tmp_path / "no.json").exists()

@@ -179,7 +179,8 @@ def plot(runs: list[dict[str, Any]], summary: list[dict[str, Any]], minutes_per_
 
 @click.command("learning")
 @click.option("--env", "env_name", required=True, help="Environment name or gymnasium id (e.g. sawyer-reach).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1 of each algorithm.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds K..K+N-1 of each algorithm.")
+@click.option("--first-seed", type=click.IntRange(min=0), default=0, show_default=True, help="K, the first seed.")
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Env steps per run.")
 @click.option("--algos", default="sql,sac", show_default=True, help="Comma-separated: sql, sac.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=3000, show_default=True, help="Env steps between evaluations.")
@@ -188,7 +189,7 @@ def plot(runs: list[dict[str, Any]], summary: list[dict[str, Any]], minutes_per_
               help="YAML of robot-sql train settings for the SQL runs (e.g. sql: {...}, updates_per_step).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs in parallel, one CPU thread each.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def bench_learning_command(env_name, seeds, steps, algos, eval_every, eval_episodes, config, jobs, out):
+def bench_learning_command(env_name, seeds, first_seed, steps, algos, eval_every, eval_episodes, config, jobs, out):
     """Train SQL and SAC on ENV over several seeds; success rate and final distance against simulated minutes."""
     import robot_sql  # noqa: F401
     from robot_sql.train import HELD_OUT_SEED, resolve_env_id
@@ -207,7 +208,7 @@ def bench_learning_command(env_name, seeds, steps, algos, eval_every, eval_episo
     job_list = [{"algo": algo, "seed": seed, "env": env_id, "steps": steps, "eval_every": eval_every,
                  "eval_episodes": eval_episodes, "out": str(out),
                  **({"config": str(config) if config else None, "sql_settings": sql_settings} if algo == "sql" else {})}
-                for seed in range(seeds) for algo in chosen]
+                for seed in range(first_seed, first_seed + seeds) for algo in chosen]
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(jobs, len(job_list))) as pool:
         runs = []
@@ -217,7 +218,7 @@ def bench_learning_command(env_name, seeds, steps, algos, eval_every, eval_episo
                        f"final success {run['evaluations'][-1]['success_rate'] if run['evaluations'] else '-'}")
     runs.sort(key=lambda run: (run["algo"], run["seed"]))
     summary = summarise(runs, minutes_per_step)
-    result = {"env": env_id, "steps": steps, "seeds": seeds, "eval_every": eval_every, "eval_episodes": eval_episodes,
+    result = {"env": env_id, "steps": steps, "seeds": list(range(first_seed, first_seed + seeds)), "eval_every": eval_every, "eval_episodes": eval_episodes,
               "held_out_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + eval_episodes - 1],
               "minutes_per_step": minutes_per_step, "sql_config": str(config) if config else None, "sql_settings": sql_settings,
               "wall_s": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
