@@ -8,7 +8,14 @@ Two threads:
     and publishes the weight frames the training thread hands it. It never waits on torch.
   * the training (main) thread runs SQL updates while updates < utd_ratio * (transitions
     stored - min_replay), publishes a new weight version every `publish_every` updates, and
-    writes atomic checkpoints (networks, optimisers, counters, RNG).
+    writes atomic checkpoints (networks, optimisers, counters, RNG). An update with a non-finite
+    loss or gradient is skipped (SoftQLearning.update) and counted; MAX_NONFINITE_UPDATES in a
+    row pause training with an event, since the data or the settings need a look.
+
+Limits (docs/service.md): transitions beyond `max_abs_value`, beyond a sender's
+`max_ingest_rate` or beyond the replay log's `max_replay_bytes` are refused, unacknowledged, so
+the actor keeps them and resends; stats carry only the names actors report (STATS_NAMES), and
+never in the learner's name.
 
 Restart on the same run directory: the replay log is read back (everything acknowledged is
 there), the last checkpoint is loaded, and weight versions continue above every version
@@ -21,6 +28,7 @@ import collections
 import io
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -36,8 +44,8 @@ import torch
 import zmq
 
 from robot_sql.config import ConfigError, dump_settings, load_settings, refuse_unknown_environment
-from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, check_transitions, encode, secure_server,
-                                start_authenticator)
+from robot_sql.protocol import (MAX_STATS_VALUES, STATS_NAMES, ProtocolError, RejectCounter, RouterEndpoint,
+                                check_transitions, encode, secure_server, start_authenticator)
 from robot_sql.replay_store import ReplayStore
 from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
@@ -49,7 +57,25 @@ VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
 DRAIN_FRAMES = 32  # data frames taken per poll; then acks for what has become durable go out
 MAX_TRACKED_SESSIONS = 1024  # actor sessions in the status table; the least recently heard goes first
 ACTOR_SILENT_S = 5.0  # an actor not heard from for this long counts as gone (it pings every 0.5 s)
+MAX_NONFINITE_UPDATES = 100  # skipped updates in a row that pause training
 log = logging.getLogger("robot_sql.learner")
+
+
+class TokenBucket:
+    """At most `rate` transitions a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = burst, time.monotonic()
+
+    def take(self, count: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if count > self.tokens:
+            return False
+        self.tokens -= count
+        return True
 
 
 class WeightVersions:
@@ -89,7 +115,8 @@ class Learner:
         # Sockets first: a taken port fails at once, not after the whole replay has been read.
         self.context = zmq.Context()
         self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
-        self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_transitions)
+        # no map or list on the data socket is longer than a stats map: a longer one fails at its header
+        self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_data, MAX_STATS_VALUES)
         self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
         self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
         self.weights_counter = RejectCounter("weights")
@@ -111,8 +138,11 @@ class Learner:
             self.agent = SoftQLearning(config, device=settings.device)
             self.rng = np.random.default_rng(config.seed)
         self.store = ReplayStore(run.replay, config.obs_dim, config.act_dim, settings.replay_capacity,
-                                 settings.max_batch_transitions)
+                                 settings.max_batch_transitions, max_abs_value=settings.max_abs_value)
         log.info("replay store: %d transitions from %d actor sessions", self.store.transitions_total, len(self.store.seen))
+        if self.store.skipped:
+            log.warning("replay store: %d transitions beyond max_abs_value=%g left out", self.store.skipped,
+                        settings.max_abs_value)
         self.versions = WeightVersions(run.root / "weight_version.json")
         self.metrics = MetricsStore(run.metrics)
         self.checkpoint_path = checkpoint_path
@@ -126,13 +156,41 @@ class Learner:
         self.weight_version = 0
         self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
         self.unacked: collections.deque = collections.deque()  # (store.appended mark, envelope, session, seq), in order
+        self.buckets: dict[str, TokenBucket] = {}  # sender -> its ingest budget
         self.update_rate = self.ingest_rate = 0.0
+        self.skipped_updates = self.nonfinite_in_a_row = 0
 
-    def _check_transitions(self, message) -> None:
+    def _check_data(self, message) -> None:
+        """The learner's own checks of a data frame (a ProtocolError refuses it, counted and answered)."""
+        body, settings = message.body, self.settings
         if message.type == "transitions":
-            check_transitions(message.body, self.store.obs_dim, self.store.act_dim, self.settings.max_batch_transitions)
+            rows = check_transitions(body, self.store.obs_dim, self.store.act_dim, settings.max_batch_transitions,
+                                     settings.max_abs_value)
+            if self.store.contains(body["session"], body["seq"]):
+                return  # a resend of what is stored: acknowledged again, whatever the budgets
+            if settings.max_replay_bytes is not None and self.store.log_bytes >= settings.max_replay_bytes:
+                raise ProtocolError("disk_budget", f"the replay log has reached max_replay_bytes={settings.max_replay_bytes}")
+            if settings.max_ingest_rate is not None and not self._bucket(message.sender).take(rows):
+                raise ProtocolError("rate_limited", f"{message.sender[:64]} sends more than "
+                                                    f"max_ingest_rate={settings.max_ingest_rate:g} transitions/s")
+        elif message.type == "stats":
+            if message.sender.startswith(SOURCE):  # self.sender too: peers cannot write the learner's curves
+                raise ProtocolError("forged", f"stats from {message.sender[:64]!r}: names beginning with "
+                                              f"{SOURCE!r} are the learner's")
+            unknown = sorted(set(body["values"]) - STATS_NAMES)
+            if unknown:
+                raise ProtocolError("unknown_metric", f"{len(unknown)} unknown names, e.g. {unknown[0][:64]!r}")
 
-    def _bind(self, kind: int, offset: int, name: str, accept: set[str], check=None):
+    def _bucket(self, sender: str) -> TokenBucket:
+        bucket = self.buckets.get(sender)
+        if bucket is None:
+            if len(self.buckets) >= MAX_TRACKED_SESSIONS:  # made-up sender names cannot grow the table
+                del self.buckets[min(self.buckets, key=lambda known: self.buckets[known].last)]
+            rate = self.settings.max_ingest_rate  # a second's worth at once, and at least one full batch
+            bucket = self.buckets[sender] = TokenBucket(rate, max(rate, self.settings.max_batch_transitions))
+        return bucket
+
+    def _bind(self, kind: int, offset: int, name: str, accept: set[str], check=None, max_entries: int | None = None):
         socket = self.context.socket(kind)
         socket.linger = 0
         socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_frame_bytes)  # larger frames are cut at the transport
@@ -147,7 +205,7 @@ class Learner:
             raise ConfigError(f"cannot bind the {name} socket to {address}: {error}") from error
         if kind == zmq.XPUB:
             return socket
-        return RouterEndpoint(socket, name, self.sender, accept, self.settings.max_frame_bytes, check)
+        return RouterEndpoint(socket, name, self.sender, accept, self.settings.max_frame_bytes, check, max_entries)
 
     # ---- I/O thread -------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -275,6 +333,9 @@ class Learner:
             "weight_version": self.weight_version,
             "transitions_total": self.store.transitions_total,
             "replay_size": len(self.store),
+            "replay_bytes": self.store.log_bytes,
+            "replay_skipped": self.store.skipped,
+            "skipped_updates": self.skipped_updates,
             "update_rate": self.update_rate,
             "ingest_rate": self.ingest_rate,
             "actors": {session: {"sender": info["sender"], "transitions": info["transitions"],
@@ -305,14 +366,18 @@ class Learner:
                 self.data_arrived.wait(0.01)
                 self.data_arrived.clear()
             else:
-                batch = self.store.sample(self.agent.config.batch_size, self.rng)
-                for name, value in self.agent.update(batch).items():
-                    losses.setdefault(name, []).append(value)
-                if self.agent.updates % settings.publish_every == 0:
-                    self.publish()
-                if settings.max_updates and self.agent.updates >= settings.max_updates:
-                    self._event("stop", f"reached max_updates={settings.max_updates}")
-                    self.stop_requested.set()
+                metrics = self.agent.update(self.store.sample(self.agent.config.batch_size, self.rng))
+                if not all(map(math.isfinite, metrics.values())):
+                    self._skipped_update()
+                else:
+                    self.nonfinite_in_a_row = 0
+                    for name, value in metrics.items():
+                        losses.setdefault(name, []).append(value)
+                    if self.agent.updates % settings.publish_every == 0:
+                        self.publish()
+                    if settings.max_updates and self.agent.updates >= settings.max_updates:
+                        self._event("stop", f"reached max_updates={settings.max_updates}")
+                        self.stop_requested.set()
             now = time.monotonic()
             while not self.checkpoint_requests.empty():
                 envelope = self.checkpoint_requests.get_nowait()
@@ -338,6 +403,20 @@ class Learner:
         self.close()
         if self.io_failed:
             raise SystemExit(1)
+
+    def _skipped_update(self) -> None:
+        """An update skipped for a non-finite loss or gradient (parameters unchanged); too many in a row pause training."""
+        if self.skipped_updates == 0:
+            log.warning("an update had a non-finite loss or gradient and was skipped; further ones are counted "
+                        "(skipped_updates)")
+        self.skipped_updates += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= MAX_NONFINITE_UPDATES:
+            self.nonfinite_in_a_row = 0
+            self.paused.set()
+            self._event("pause", f"training paused: {MAX_NONFINITE_UPDATES} updates in a row had a non-finite loss "
+                                 f"or gradient ({self.skipped_updates} skipped in all); check the data and the SQL "
+                                 "settings, then resume")
 
     def publish(self) -> None:
         version = self.versions.next()
@@ -368,6 +447,7 @@ class Learner:
             "transitions_total": self.store.transitions_total,
             "replay_size": len(self.store),
             "weight_version": self.weight_version,
+            "skipped_updates": self.skipped_updates,
             "actors_seen": sum(time.time() - info["last_seen"] < ACTOR_SILENT_S for info in self.sessions.values()),
             **losses,
         }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,7 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
 MAX_ARRAY_DIMS = 4
 MAX_NAME_LENGTH = 256
+MAX_STATS_VALUES = 64  # names in one stats message
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "|b1"})
 ITEMSIZES = {dtype: np.dtype(dtype).itemsize for dtype in ALLOWED_DTYPES}
 FLOAT_DTYPES = frozenset({"<f4", "<f8"})
@@ -54,7 +56,16 @@ REJECT_KINDS = (
     "shape",  # an array whose shape does not match its bytes or its role
     "nonfinite",  # NaN or inf in a float array
     "framing",  # ZeroMQ multipart layout that no client of ours sends
+    "out_of_range",  # finite values beyond the learner's max_abs_value
+    "unknown_metric",  # a stats name that actors do not report (STATS_NAMES)
+    "forged",  # stats claiming to come from the learner
+    "rate_limited",  # transitions beyond the sender's max_ingest_rate
+    "disk_budget",  # transitions once the replay log holds max_replay_bytes
 )
+# what an actor reports in stats messages (robot_sql/actor.py); the learner stores no other name
+STATS_NAMES = frozenset({"episode_return", "episode_length", "episode_success", "actor_steps_per_s",
+                         "actor_loop_period_max_ms", "actor_loop_period_mean_ms", "actor_unacked", "actor_dropped",
+                         "actor_weight_version"})
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +107,8 @@ def _numbers(value: Any) -> dict[str, float]:
     """A flat map name -> finite number (actor statistics)."""
     if type(value) is not dict:
         raise ProtocolError("schema", f"expected a map of numbers, got {type(value).__name__}")
+    if len(value) > MAX_STATS_VALUES:
+        raise ProtocolError("oversized", f"{len(value)} values, at most {MAX_STATS_VALUES}")
     numbers = {}
     for name, number in value.items():
         if type(number) not in (int, float):
@@ -192,16 +205,23 @@ def _refuse_extension(code: int, data: bytes) -> None:
     raise ProtocolError("malformed", f"msgpack extension type {code} is not allowed")
 
 
-def decode(frame: bytes, accept: frozenset[str] | set[str], max_bytes: int = MAX_FRAME_BYTES) -> Message:
-    """Validate one frame completely; raise ProtocolError unless it is a well-formed message of a type in `accept`."""
+def decode(frame: bytes, accept: frozenset[str] | set[str], max_bytes: int = MAX_FRAME_BYTES,
+           max_entries: int | None = None) -> Message:
+    """Validate one frame completely; raise ProtocolError unless it is a well-formed message of a type in `accept`.
+
+    `max_entries` caps every map and list in the frame; msgpack checks it at each one's header,
+    so a stats map of a million names costs nothing to refuse (the learner's data socket)."""
     if len(frame) > max_bytes:
         raise ProtocolError("oversized", f"frame of {len(frame)} bytes exceeds {max_bytes}")
+    limits = {} if max_entries is None else {"max_map_len": max_entries, "max_array_len": max_entries}
     try:
         # unpackb caps every declared length by the frame's size, so huge declared sizes fail early
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_extension)
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_extension, **limits)
     except ProtocolError:
         raise
     except Exception as error:  # msgpack raises several types (ExtraData, StackError, UnicodeDecodeError, ...)
+        if limits and re.search(r"exceeds max_(map|array)_len", str(error)):
+            raise ProtocolError("oversized", f"a map or list of more than {max_entries} entries") from None
         raise ProtocolError("malformed", f"not msgpack: {type(error).__name__}") from None
     if type(raw) is not dict or not {"type", "v", "sender"} <= set(raw):
         raise ProtocolError("malformed", "a message is a map with type, v and sender")
@@ -220,8 +240,9 @@ def decode(frame: bytes, accept: frozenset[str] | set[str], max_bytes: int = MAX
     return Message(message_type, sender, {name: check(raw[name]) for name, check in schema.items()})
 
 
-def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows: int) -> int:
-    """Check a decoded transitions message against the learner's dimensions; return its row count."""
+def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows: int, max_abs: float | None = None) -> int:
+    """Check a decoded transitions message against the learner's dimensions and its bound on
+    magnitudes (`max_abs`, None for none); return its row count."""
     if (body["obs_dim"], body["act_dim"]) != (obs_dim, act_dim):
         raise ProtocolError("shape", f"transitions of (obs_dim, act_dim) = {(body['obs_dim'], body['act_dim'])}, "
                                      f"this learner's environment has {(obs_dim, act_dim)}")
@@ -234,6 +255,9 @@ def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows
     if not 1 <= len(rows) <= max_rows:
         raise ProtocolError("oversized" if len(rows) > max_rows else "shape",
                             f"{len(rows)} transitions (allowed 1 to {max_rows})")
+    # finite but huge values (3e38) overflow the networks: NaN losses, then a learner that cannot train
+    if max_abs is not None and (largest := float(np.abs(rows).max())) > max_abs:
+        raise ProtocolError("out_of_range", f"a value of magnitude {largest:.3g} exceeds {max_abs:g}")
     return len(rows)
 
 
@@ -270,8 +294,9 @@ class RouterEndpoint:
     """A bound ROUTER socket that validates every frame, answers bad ones with an error and counts all."""
 
     def __init__(self, socket: zmq.Socket, name: str, sender: str, accept: set[str], max_bytes: int = MAX_FRAME_BYTES,
-                 check: Callable[[Message], None] | None = None):
+                 check: Callable[[Message], None] | None = None, max_entries: int | None = None):
         self.socket, self.sender, self.accept, self.max_bytes = socket, sender, frozenset(accept), max_bytes
+        self.max_entries = max_entries  # see `decode`
         self.check = check  # the receiver's own checks (e.g. array shapes), raising ProtocolError
         self.counter = RejectCounter(name)
 
@@ -287,7 +312,7 @@ class RouterEndpoint:
         envelope = frames[:1]
         try:
             envelope, payload = split_routed(frames)
-            message = decode(payload, self.accept, self.max_bytes)
+            message = decode(payload, self.accept, self.max_bytes, self.max_entries)
             if self.check is not None:
                 self.check(message)
         except ProtocolError as error:

@@ -24,7 +24,8 @@ the cache had grown by half a gigabyte).
 
 On start the log is read back in order: the newest `capacity` transitions refill the buffer,
 every (session, seq) is remembered so a resent batch is ignored, and a torn last record (a
-crash mid-write, never acknowledged) is cut off.
+crash mid-write, never acknowledged) is cut off. Records holding a value beyond `max_abs_value`
+(stored by a learner that had no such bound) are skipped and counted, never trained on.
 """
 from __future__ import annotations
 
@@ -89,14 +90,17 @@ class SequenceSet:
 
 class ReplayStore:
     def __init__(self, folder: str | Path, obs_dim: int, act_dim: int, capacity: int,
-                 max_batch_rows: int = 4096, segment_bytes: int = SEGMENT_BYTES):
+                 max_batch_rows: int = 4096, segment_bytes: int = SEGMENT_BYTES, max_abs_value: float | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.obs_dim, self.act_dim, self.max_batch_rows, self.segment_bytes = obs_dim, act_dim, max_batch_rows, segment_bytes
+        self.max_abs_value = max_abs_value
         self.buffer = ReplayBuffer(obs_dim, act_dim, capacity)
         self.buffer.rows.fill(0.0)  # take the memory now: no page faults while ingesting, no late OOM
         self.seen: dict[str, SequenceSet] = {}  # session -> sequence numbers stored
         self.transitions_total = 0  # ever stored, including those the ring buffer has dropped
+        self.skipped = 0  # transitions in the log beyond max_abs_value, left out on reading it back
+        self.log_bytes = 0  # the log's size on disk, records kept for the next flush included
         self.lock = threading.Lock()  # buffer writes (receiving thread) vs sampling (training thread)
         self.appended = self.durable = 0  # log records written / fsynced since this store opened
         self.durable_signal = os.eventfd(0, os.EFD_NONBLOCK)  # readable once `durable` has grown
@@ -135,11 +139,14 @@ class ReplayStore:
                 break
             try:
                 message = decode(payload, {"transitions"})
-                check_transitions(message.body, self.obs_dim, self.act_dim, self.max_batch_rows)
+                check_transitions(message.body, self.obs_dim, self.act_dim, self.max_batch_rows, self.max_abs_value)
             except ProtocolError as error:
-                raise RuntimeError(f"{path} holds a record this learner cannot use ({error}); was the run made "
-                                   "with another environment, or by another version of robot-sql?") from None
-            self._remember(message)
+                if error.kind != "out_of_range":
+                    raise RuntimeError(f"{path} holds a record this learner cannot use ({error}); was the run made "
+                                       "with another environment, or by another version of robot-sql?") from None
+                self.skipped += len(message.body["rows"])
+            else:
+                self._remember(message)
             offset += HEADER.size + length
         if offset < len(data):
             if not is_last:
@@ -148,6 +155,7 @@ class ReplayStore:
             with open(path, "r+b") as file:
                 file.truncate(offset)
                 os.fsync(file.fileno())
+        self.log_bytes += offset
 
     def _remember(self, message: Message) -> int:
         rows = message.body["rows"]
@@ -168,6 +176,7 @@ class ReplayStore:
             return 0
         rows = self._remember(message)
         self._kept += [HEADER.pack(MAGIC, len(frame), crc32(frame)), frame]
+        self.log_bytes += HEADER.size + len(frame)
         return rows
 
     def flush(self) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sqlite3
 import tempfile
@@ -123,7 +124,8 @@ class MetricsStore:
 
     def log(self, source: str, step: int, values: dict[str, float]) -> None:
         now = time.time()
-        rows = [(now, source, name, int(step), float(value)) for name, value in values.items()]
+        # NaN would go in as NULL, which the schema refuses (a learner died of one): leave non-finite values out
+        rows = [(now, source, name, int(step), float(value)) for name, value in values.items() if math.isfinite(value)]
         with self._lock:
             self._db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
 

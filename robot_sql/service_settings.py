@@ -32,6 +32,10 @@ class LearnerSettings(Settings):
     replay_capacity: int = Field(1_000_000, ge=1)
     max_batch_transitions: int = Field(4096, ge=1)  # per transitions message
     max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Limits (docs/service.md); a refused transitions frame is not acknowledged, so its actor keeps it and resends it.
+    max_abs_value: float | None = Field(1e6, gt=0)  # on every value of a transition; None: finite is enough
+    max_ingest_rate: float | None = Field(100_000, gt=0)  # transitions/s per sender (a token bucket); None: no limit
+    max_replay_bytes: int | None = Field(20 * 1024 ** 3, gt=0)  # the replay log on disk; None: no limit
     publish_every: int = Field(20, ge=1)  # updates between weight versions
     checkpoint_every_s: float = Field(60.0, gt=0)
     log_every_s: float = Field(1.0, gt=0)

@@ -390,14 +390,20 @@ class SoftQLearning:
         """One gradient step on the soft Q-function and one SVGD step on the sampler.
 
         The batch is validated first: wrong keys, shapes or non-finite values raise ValueError
-        and leave every parameter unchanged.
+        and leave every parameter unchanged. Finite values can still overflow (3e38 rewards): a
+        network whose loss, gradient or other metric is then NaN or inf does not step, and the
+        update is skipped: `updates` does not count it, and the metrics returned hold the NaN or
+        inf that say so. A bad Q step stops both steps; when only the sampler's is bad, the Q step
+        stands (the sampler's gradient needs the Q-function after its step).
         """
         obs, actions, rewards, next_obs, terminals = self._check_batch(batch)
         metrics = self._update_q(obs, actions, rewards, next_obs, terminals)
-        metrics.update(self._update_sampler(obs))
-        self.updates += 1
-        self._update_target()
-        return _floats(metrics)
+        metrics.update(self._update_sampler(obs, metrics))
+        metrics = _floats(metrics)  # the update's one wait for the device
+        if all(map(math.isfinite, metrics.values())):
+            self.updates += 1
+            self._update_target()
+        return metrics
 
     @torch.no_grad()  # gradients by the networks' own backward passes
     def _update_q(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminals: Tensor) -> dict[str, Tensor]:
@@ -414,14 +420,14 @@ class SoftQLearning:
         q_loss = 0.5 * errors.square().mean(dim=1).sum()  # eq. (11), summed over twin heads
         # d q_loss / d Q_i(s_b, a_b) = (Q_i - y) / B, one row per head
         self.q.backward([tape for _, tape in heads], errors / len(target), weight_grads=True, action_grad=False)
-        q_grad_norm = _grad_norm(self.q_optimizer)
-        adam_step(self.q_optimizer)
-        return {
+        metrics = {
             "q_loss": q_loss,
             "q_mean": q_values.mean(),
             "soft_value": next_value.mean(),
-            "q_grad_norm": q_grad_norm,
+            "q_grad_norm": _grad_norm(self.q_optimizer),
         }
+        adam_step(self.q_optimizer, _nonfinite(metrics))
+        return metrics
 
     def update_sampler(self, obs: Tensor) -> dict[str, float]:
         """One SVGD step of the sampler towards exp(Q(s, .)) at the observations obs [B, S]
@@ -434,7 +440,8 @@ class SoftQLearning:
         return _floats(self._update_sampler(obs))
 
     @torch.no_grad()
-    def _update_sampler(self, obs: Tensor) -> dict[str, Tensor]:
+    def _update_sampler(self, obs: Tensor, q_metrics: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The SVGD step; skipped when its metrics or those of this update's Q step (`q_metrics`) are not finite."""
         c = self.config
         obs_1 = obs.unsqueeze(1)  # [B, 1, S]: broadcast against the K particles of each state
         fixed_noise, updated_noise = (torch.randn((obs.shape[0], particles, c.act_dim), generator=self.generator, device=self.device)
@@ -453,13 +460,13 @@ class SoftQLearning:
         # Eq. (14): move the sampler's outputs along Delta, i.e. the gradient of the surrogate
         # -sum_i Delta_i . f(s, xi_i) (Delta held constant), back-propagated through f.
         self.sampler.backward(tape, updated, -stein)
-        sampler_grad_norm = _grad_norm(self.sampler_optimizer)
-        adam_step(self.sampler_optimizer)
-        return {
+        metrics = {
             "kernel_bandwidth": bandwidth.mean(),
             "stein_norm": stein.norm(dim=-1).mean(),
-            "sampler_grad_norm": sampler_grad_norm,
+            "sampler_grad_norm": _grad_norm(self.sampler_optimizer),
         }
+        adam_step(self.sampler_optimizer, _nonfinite({**(q_metrics or {}), **metrics}))
+        return metrics
 
     @torch.no_grad()
     def _update_target(self) -> None:
@@ -570,14 +577,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def adam_step(optimizer: torch.optim.Adam) -> None:
+def adam_step(optimizer: torch.optim.Adam, found_inf: Tensor | None = None) -> None:
     """optimizer.step(), as torch's functional Adam (torch.optim.adam.adam, the call that
     Adam.step makes) on the optimizer's own state and settings: the same arithmetic, without the
     bookkeeping around it (step hooks, a profiler record, the per-parameter state set-up), about
     100 us per step inside an update on CPU, ~4 % of an update at batch 128. The first
-    step is Adam.step itself, which creates the state (one group, every parameter with a gradient)."""
+    step is Adam.step itself, which creates the state (one group, every parameter with a gradient).
+
+    found_inf (a 0-d float tensor, 1.0 or 0.0) is fused Adam's own skip: at 1.0 nothing changes,
+    parameters, moments and step count alike, and the host never waits to find out."""
     if not optimizer.state:
-        optimizer.step()
+        optimizer.found_inf = found_inf  # where Adam.step looks for it (torch's GradScaler sets it so)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
         return
     (group,) = optimizer.param_groups
     params = group["params"]
@@ -589,7 +603,7 @@ def adam_step(optimizer: torch.optim.Adam) -> None:
                     [state["step"] for state in states], amsgrad=group["amsgrad"], has_complex=False,
                     beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                     maximize=group["maximize"], foreach=group["foreach"], capturable=group["capturable"],
-                    differentiable=group["differentiable"], fused=group["fused"])
+                    differentiable=group["differentiable"], fused=group["fused"], found_inf=found_inf)
 
 
 def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor:
@@ -599,6 +613,11 @@ def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor:
     update at batch 128 on CPU)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grad) for grad in grads]))
+
+
+def _nonfinite(metrics: dict[str, Tensor]) -> Tensor:
+    """1.0 if any 0-d metric is NaN or inf, else 0.0, left on the device (adam_step's found_inf)."""
+    return torch.stack(list(metrics.values())).isfinite().all().logical_not().float()
 
 
 def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
