@@ -169,7 +169,7 @@ def plot(runs: list[dict[str, Any]], summary: list[dict[str, Any]], minutes_per_
                                label=algo.upper())
     success_axis.set(xlabel="simulated robot time (min)", ylabel="success rate (held-out episodes)", ylim=(-0.02, 1.02), title=title)
     distance_axis.set(xlabel="simulated robot time (min)", ylabel="final hand distance (mm)", yscale="log", title="where episodes end")
-    success_axis.legend(loc="upper left")
+    success_axis.legend(loc="lower right")
     for axis in (success_axis, distance_axis):
         axis.grid(alpha=0.3)
     figure.tight_layout()
