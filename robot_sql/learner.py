@@ -320,7 +320,7 @@ class Learner:
                 result = {"stopping": True}
             else:
                 self.control.send(envelope, encode("error", self.sender, kind="unknown_command",
-                                                   detail=f"commands: status, pause, resume, checkpoint, stop"))
+                                                   detail="commands: status, pause, resume, checkpoint, stop"))
                 continue
             self.control.send(envelope, encode("reply", self.sender, result=result))
 
