@@ -61,6 +61,12 @@ MAX_NONFINITE_UPDATES = 100  # skipped updates in a row that pause training
 log = logging.getLogger("robot_sql.learner")
 
 
+def make_room(table: dict, last_heard) -> None:
+    """Keep a table of peers below MAX_TRACKED_SESSIONS entries: the least recently heard goes."""
+    if len(table) >= MAX_TRACKED_SESSIONS:
+        del table[min(table, key=lambda key: last_heard(table[key]))]
+
+
 class TokenBucket:
     """At most `rate` transitions a second on average, `burst` at once."""
 
@@ -184,8 +190,7 @@ class Learner:
     def _bucket(self, sender: str) -> TokenBucket:
         bucket = self.buckets.get(sender)
         if bucket is None:
-            if len(self.buckets) >= MAX_TRACKED_SESSIONS:  # made-up sender names cannot grow the table
-                del self.buckets[min(self.buckets, key=lambda known: self.buckets[known].last)]
+            make_room(self.buckets, lambda known: known.last)  # made-up sender names cannot grow the table
             rate = self.settings.max_ingest_rate  # a second's worth at once, and at least one full batch
             bucket = self.buckets[sender] = TokenBucket(rate, max(rate, self.settings.max_batch_transitions))
         return bucket
@@ -252,8 +257,7 @@ class Learner:
             session = message.body["session"]
             info = self.sessions.get(session)
             if info is None:
-                if len(self.sessions) >= MAX_TRACKED_SESSIONS:  # a flood of made-up sessions cannot grow the table
-                    del self.sessions[min(self.sessions, key=lambda known: self.sessions[known]["last_seen"])]
+                make_room(self.sessions, lambda known: known["last_seen"])  # a flood of made-up sessions cannot grow it
                 info = self.sessions[session] = {"sender": message.sender, "transitions": 0, "last_seen": 0.0}
             now = time.time()
             if now - info["last_seen"] > ACTOR_SILENT_S:

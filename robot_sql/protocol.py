@@ -256,7 +256,7 @@ def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows
         raise ProtocolError("oversized" if len(rows) > max_rows else "shape",
                             f"{len(rows)} transitions (allowed 1 to {max_rows})")
     # finite but huge values (3e38) overflow the networks: NaN losses, then a learner that cannot train
-    if max_abs is not None and (largest := float(np.abs(rows).max())) > max_abs:
+    if max_abs is not None and (largest := max(float(rows.max()), -float(rows.min()))) > max_abs:  # no |rows| copy
         raise ProtocolError("out_of_range", f"a value of magnitude {largest:.3g} exceeds {max_abs:g}")
     return len(rows)
 

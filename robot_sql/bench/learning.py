@@ -55,7 +55,7 @@ def train_sac(env_id: str, seed: int, steps: int, eval_every: int, eval_episodes
         from stable_baselines3.common.callbacks import BaseCallback
     except ImportError:
         raise ConfigError("SAC needs stable-baselines3: pip install -e .[bench]") from None
-    from robot_sql.train import HELD_OUT_SEED, evaluate
+    from robot_sql.train import EVAL_KEYS, HELD_OUT_SEED, evaluate
 
     rows: list[dict[str, Any]] = []
 
@@ -63,8 +63,7 @@ def train_sac(env_id: str, seed: int, steps: int, eval_every: int, eval_episodes
         def _on_step(self) -> bool:
             if self.num_timesteps % eval_every == 0:
                 result = evaluate(SacPolicy(self.model), env_id, eval_episodes, seed=HELD_OUT_SEED)
-                rows.append({"step": self.num_timesteps, **{key: value for key, value in result.items()
-                                                            if key not in ("trajectories", "env", "episodes", "goal_counts")}})
+                rows.append({"step": self.num_timesteps, **{key: result[key] for key in EVAL_KEYS if key in result}})
             return True
 
     model = SAC("MlpPolicy", gymnasium.make(env_id), seed=seed, verbose=0, device="cpu")
@@ -89,8 +88,6 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One (algorithm, seed): train, evaluate periodically, return the evaluations. A run already
     finished in OUT with the same settings is read back instead (a long benchmark can be resumed)."""
     import torch
-
-    import robot_sql  # noqa: F401  (registers the environments)
 
     out = Path(job["out"]) / f"{job['algo']}-seed{job['seed']}"
     done = out / "run.json"
@@ -191,7 +188,6 @@ def plot(runs: list[dict[str, Any]], summary: list[dict[str, Any]], minutes_per_
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def bench_learning_command(env_name, seeds, first_seed, steps, algos, eval_every, eval_episodes, config, jobs, out):
     """Train SQL and SAC on ENV over several seeds; success rate and final distance against simulated minutes."""
-    import robot_sql  # noqa: F401
     from robot_sql.train import HELD_OUT_SEED, resolve_env_id
 
     env_id = resolve_env_id(env_name)
