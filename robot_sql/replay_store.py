@@ -23,8 +23,11 @@ slower than the disk on the project's VM (buffered writes of 3.6 MB went from 2 
 the cache had grown by half a gigabyte).
 
 On start the log is read back in order: the newest `capacity` transitions refill the buffer,
-every (session, seq) is remembered so a resent batch is ignored, and a torn last record (a
-crash mid-write, never acknowledged) is cut off. Records holding a value beyond `max_abs_value`
+every (session, seq) is remembered so a resent batch is ignored. A damaged record (bit rot, a
+bad sector) is skipped and reported (`damage`): reading resumes at the next record whose magic,
+length and CRC hold, so the damage costs that record only. Damage at the very end of the last
+segment, with nothing valid after it, is a torn write (a crash mid-write, never acknowledged): it
+is copied aside (segment-N.torn-at-OFFSET) and cut off. Records holding a value beyond `max_abs_value`
 (stored by a learner that had no such bound) are skipped and counted, never trained on.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from isal.isal_zlib import crc32  # zlib's CRC-32 (same values), about 10x faster: ISA-L
 
-from robot_sql.protocol import Message, ProtocolError, check_transitions, decode
+from robot_sql.protocol import MAX_FRAME_BYTES, Message, ProtocolError, check_transitions, decode
 from robot_sql.replay import ReplayBuffer
 
 MAGIC = b"RSQ1"
@@ -90,7 +93,8 @@ class SequenceSet:
 
 class ReplayStore:
     def __init__(self, folder: str | Path, obs_dim: int, act_dim: int, capacity: int,
-                 max_batch_rows: int = 4096, segment_bytes: int = SEGMENT_BYTES, max_abs_value: float | None = None):
+                 max_batch_rows: int = 4096, segment_bytes: int = SEGMENT_BYTES, max_abs_value: float | None = None,
+                 max_frame_bytes: int = MAX_FRAME_BYTES):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.obs_dim, self.act_dim, self.max_batch_rows, self.segment_bytes = obs_dim, act_dim, max_batch_rows, segment_bytes
@@ -100,6 +104,8 @@ class ReplayStore:
         self.seen: dict[str, SequenceSet] = {}  # session -> sequence numbers stored
         self.transitions_total = 0  # ever stored, including those the ring buffer has dropped
         self.skipped = 0  # transitions in the log beyond max_abs_value, left out on reading it back
+        self.damage: list[dict] = []  # damaged stretches of the log skipped on reading it back: segment, offset, bytes
+        self.max_record_bytes = max(MAX_FRAME_BYTES, max_frame_bytes)  # a longer length field is damage
         self.log_bytes = 0  # the log's size on disk, records kept for the next flush included
         self.lock = threading.Lock()  # buffer writes (receiving thread) vs sampling (training thread)
         self.appended = self.durable = 0  # log records written / fsynced since this store opened
@@ -128,15 +134,21 @@ class ReplayStore:
             os.close(folder)
 
     def _read_segment(self, path: Path, is_last: bool) -> None:
+        """Read one segment back. A damaged record (a flipped bit, a torn write) loses only itself: reading
+        resumes at the next valid record. Damage with nothing valid after it in the last segment is a torn
+        tail, the one write a crash can leave half done: it is copied aside, then cut off so appends go on."""
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
-            if len(data) - offset < HEADER.size:
-                break
-            magic, length, checksum = HEADER.unpack_from(data, offset)
-            payload = data[offset + HEADER.size: offset + HEADER.size + length]
-            if magic != MAGIC or len(payload) != length or crc32(payload) != checksum:
-                break
+            length = self._record_length_at(data, offset)
+            if length is None:
+                resume = self._next_record(data, offset + 1)
+                if resume is None:
+                    break
+                self._damaged(path, offset, resume - offset)
+                offset = resume
+                continue
+            payload = memoryview(data)[offset + HEADER.size: offset + HEADER.size + length]
             try:
                 message = decode(payload, {"transitions"})
                 check_transitions(message.body, self.obs_dim, self.act_dim, self.max_batch_rows, self.max_abs_value)
@@ -149,13 +161,36 @@ class ReplayStore:
                 self._remember(message)
             offset += HEADER.size + length
         if offset < len(data):
-            if not is_last:
-                raise RuntimeError(f"{path} is damaged at byte {offset} and is not the last segment")
-            log.warning("replay store: cutting a torn record (%d bytes) off the end of %s", len(data) - offset, path)
-            with open(path, "r+b") as file:
-                file.truncate(offset)
-                os.fsync(file.fileno())
-        self.log_bytes += offset
+            self._damaged(path, offset, len(data) - offset)
+            if is_last:
+                aside = path.with_name(f"{path.stem}.torn-at-{offset}")
+                aside.write_bytes(data[offset:])
+                with open(path, "r+b") as file:
+                    file.truncate(offset)
+                    os.fsync(file.fileno())
+                log.warning("replay store: moved a torn tail (%d bytes) of %s to %s", len(data) - offset, path, aside.name)
+        self.log_bytes += offset if is_last else len(data)
+
+    def _record_length_at(self, data: bytes, offset: int) -> int | None:
+        """The payload length of the intact record at `offset`, None if there is none there."""
+        if len(data) - offset < HEADER.size:
+            return None
+        magic, length, checksum = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if magic != MAGIC or length > self.max_record_bytes or end > len(data):
+            return None
+        return length if crc32(memoryview(data)[offset + HEADER.size: end]) == checksum else None
+
+    def _next_record(self, data: bytes, start: int) -> int | None:
+        offset = data.find(MAGIC, start)
+        while offset != -1 and self._record_length_at(data, offset) is None:
+            offset = data.find(MAGIC, offset + 1)
+        return None if offset == -1 else offset
+
+    def _damaged(self, path: Path, offset: int, size: int) -> None:
+        self.damage.append({"segment": path.name, "offset": offset, "bytes": size})
+        log.error("replay store: %s is damaged at byte %d: %d bytes skipped (the record(s) there are lost)",
+                  path, offset, size)
 
     def _remember(self, message: Message) -> int:
         rows = message.body["rows"]
