@@ -21,6 +21,8 @@ Restart on the same run directory: the replay log is read back (everything ackno
 there), the last checkpoint is loaded, and weight versions continue above every version
 published before, crash or not (they are reserved on disk in blocks). One learner per run
 directory: a second one finds learner.lock held and exits with status 2.
+
+Control requests need the run's control token (<run-dir>/control.token, made at first start).
 """
 from __future__ import annotations
 
@@ -45,9 +47,10 @@ import zmq
 
 from robot_sql.config import ConfigError, dump_settings, load_settings, refuse_unknown_environment
 from robot_sql.protocol import (MAX_STATS_VALUES, STATS_NAMES, ProtocolError, RejectCounter, RouterEndpoint,
-                                check_transitions, encode, secure_server, start_authenticator)
+                                check_transitions, control_check, encode, secure_server, session_tag,
+                                start_authenticator)
 from robot_sql.replay_store import ReplayStore
-from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
+from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, TokenFileError, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import check_box_spaces, make_sql_config, preset
@@ -58,6 +61,7 @@ DRAIN_FRAMES = 32  # data frames taken per poll; then acks for what has become d
 MAX_TRACKED_SESSIONS = 1024  # actor sessions in the status table; the least recently heard goes first
 ACTOR_SILENT_S = 5.0  # an actor not heard from for this long counts as gone (it pings every 0.5 s)
 MAX_NONFINITE_UPDATES = 100  # skipped updates in a row that pause training
+MAX_DAMAGE_EVENTS = 10  # events for damaged stretches of the replay log found on start; the rest are counted
 log = logging.getLogger("robot_sql.learner")
 
 
@@ -118,15 +122,29 @@ class Learner:
     def __init__(self, run: RunDir, settings: LearnerSettings):
         self.rundir, self.settings = run, settings
         self.sender = f"learner-{settings.port}"
-        # Sockets first: a taken port fails at once, not after the whole replay has been read.
-        self.context = zmq.Context()
-        self.authenticator = start_authenticator(self.context, settings.curve_clients_dir) if settings.curve_secret_key else None
+        self.context, self.authenticator = zmq.Context(), None
+        try:
+            self._open_sockets()  # first: a taken port fails at once, not after the whole replay has been read
+            self._load(run, settings)
+        except BaseException:  # a taken port, a bad setting, an unreadable run: the ports are given back at once
+            self._close_sockets()
+            raise
+
+    def _open_sockets(self) -> None:
+        if self.settings.curve_secret_key:
+            self.authenticator = start_authenticator(self.context, self.settings.curve_clients_dir)
         # no map or list on the data socket is longer than a stats map: a longer one fails at its header
         self.data = self._bind(zmq.ROUTER, 0, "data", {"transitions", "ping", "stats"}, self._check_data, MAX_STATS_VALUES)
         self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
         self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
         self.weights_counter = RejectCounter("weights")
-        self.control = self._bind(zmq.ROUTER, 2, "control", {"request"})
+        try:
+            token, _ = self.rundir.token("control")
+        except TokenFileError as error:
+            raise ConfigError(str(error)) from None
+        self.control = self._bind(zmq.ROUTER, 2, "control", {"request"}, control_check(token))
+
+    def _load(self, run: RunDir, settings: LearnerSettings) -> None:
         env = make_env(settings.env)  # for its spaces and the per-env SQL preset
         config = make_sql_config(env, settings.env, settings.sql, settings.seed)
         env.close()
@@ -144,13 +162,19 @@ class Learner:
             self.agent = SoftQLearning(config, device=settings.device)
             self.rng = np.random.default_rng(config.seed)
         self.store = ReplayStore(run.replay, config.obs_dim, config.act_dim, settings.replay_capacity,
-                                 settings.max_batch_transitions, max_abs_value=settings.max_abs_value)
+                                 settings.max_batch_transitions, max_abs_value=settings.max_abs_value,
+                                 max_frame_bytes=settings.max_frame_bytes)
         log.info("replay store: %d transitions from %d actor sessions", self.store.transitions_total, len(self.store.seen))
         if self.store.skipped:
             log.warning("replay store: %d transitions beyond max_abs_value=%g left out", self.store.skipped,
                         settings.max_abs_value)
         self.versions = WeightVersions(run.root / "weight_version.json")
         self.metrics = MetricsStore(run.metrics)
+        for damage in self.store.damage[:MAX_DAMAGE_EVENTS]:
+            self._event("replay_damaged", f"replay log {damage['segment']} is damaged at byte {damage['offset']}: "
+                                          f"{damage['bytes']} bytes skipped, the transitions there are lost")
+        if len(self.store.damage) > MAX_DAMAGE_EVENTS:
+            self._event("replay_damaged", f"... and {len(self.store.damage) - MAX_DAMAGE_EVENTS} more damaged stretches")
         self.checkpoint_path = checkpoint_path
 
         self.stop_requested = threading.Event()
@@ -261,7 +285,7 @@ class Learner:
                 info = self.sessions[session] = {"sender": message.sender, "transitions": 0, "last_seen": 0.0}
             now = time.time()
             if now - info["last_seen"] > ACTOR_SILENT_S:
-                self._event("actor", f"actor {message.sender} (session {session}) connected")
+                self._event("actor", f"actor {message.sender} (session {session_tag(session)}) connected")
             info["last_seen"] = now
             if message.type == "transitions":
                 rows = self.store.append(message, frame)
@@ -339,11 +363,13 @@ class Learner:
             "replay_size": len(self.store),
             "replay_bytes": self.store.log_bytes,
             "replay_skipped": self.store.skipped,
+            "replay_damaged_bytes": sum(damage["bytes"] for damage in self.store.damage),
+            "replay_damaged_stretches": len(self.store.damage),
             "skipped_updates": self.skipped_updates,
             "update_rate": self.update_rate,
             "ingest_rate": self.ingest_rate,
-            "actors": {session: {"sender": info["sender"], "transitions": info["transitions"],
-                                 "seconds_since_seen": round(now - info["last_seen"], 3)}
+            "actors": {session_tag(session): {"sender": info["sender"], "transitions": info["transitions"],
+                                              "seconds_since_seen": round(now - info["last_seen"], 3)}
                        for session, info in self.sessions.items()},
             "received": {c.socket_name: c.received for c in self.counters()},
             "rejected": {c.socket_name: {k: n for k, n in c.rejected.items() if n} for c in self.counters()},
@@ -354,12 +380,12 @@ class Learner:
 
     # ---- training thread ----------------------------------------------------------------------------
     def run(self) -> None:
+        self.publish()  # before the I/O thread answers anyone: status never shows a resumed run at version 0
         io_thread = threading.Thread(target=self.serve, name="learner-io", daemon=True)
         io_thread.start()
         self._event("start", f"learner up on {self.settings.host}:{self.settings.port} "
                              f"(device {self.agent.device}, {self.store.transitions_total} stored transitions, "
                              f"{self.agent.updates} updates)")
-        self.publish()
         settings = self.settings
         last_checkpoint = last_log = time.monotonic()
         updates_at_log, transitions_at_log = self.agent.updates, self.store.transitions_total
@@ -440,7 +466,7 @@ class Learner:
         now = time.time()
         for session, info in list(self.sessions.items()):
             if not info.get("silent") and now - info["last_seen"] > ACTOR_SILENT_S:
-                self._event("actor", f"actor {info['sender']} (session {session}) silent for {ACTOR_SILENT_S:.0f} s")
+                self._event("actor", f"actor {info['sender']} (session {session_tag(session)}) silent for {ACTOR_SILENT_S:.0f} s")
             info["silent"] = now - info["last_seen"] > ACTOR_SILENT_S
 
     def _log_metrics(self, losses: dict[str, float]) -> None:
@@ -465,12 +491,13 @@ class Learner:
         self.metrics.event(SOURCE, kind, message)
 
     def close(self) -> None:
-        for socket in (self.data.socket, self.weights_socket, self.control.socket):
-            socket.close(linger=0)
+        self._close_sockets()
+        self.metrics.close()
+
+    def _close_sockets(self) -> None:
         if self.authenticator is not None:
             self.authenticator.stop()
-        self.context.term()
-        self.metrics.close()
+        self.context.destroy(linger=0)
 
 
 def check_device(device: str) -> None:

@@ -1,21 +1,25 @@
 """The learner's limits (docs/service.md, "Limits"): values bounded in magnitude, updates that
-overflow skipped, stats bounded and allow-listed, an ingest rate per sender and a disk budget.
+overflow skipped, stats bounded and allow-listed, sessions never shown, control only with the
+run's token, an ingest rate per sender and a disk budget.
 Real Learner objects in this process, real ZeroMQ sockets on loopback, real run directories."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
+import uuid
 
 import msgpack
 import numpy as np
+import pytest
 import torch
 import zmq
 
 from robot_sql.actor import ActorLink
 from robot_sql.learner import MAX_NONFINITE_UPDATES, Learner
-from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, Message, decode, encode
+from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, ControlError, Message, decode, encode, session_tag
 from robot_sql.rundir import MetricsStore, RunDir
 from robot_sql.service_settings import ActorSettings, LearnerSettings
 from robot_sql.sql import SoftQLearning, SQLConfig
@@ -68,7 +72,8 @@ def status_of(learner: Learner) -> dict:
 
 
 def control(learner: Learner) -> ControlClient:
-    return ControlClient(f"tcp://127.0.0.1:{learner.settings.port + 2}", timeout_s=5.0)
+    return ControlClient(f"tcp://127.0.0.1:{learner.settings.port + 2}", timeout_s=5.0,
+                         token=learner.rundir.token("control")[0])
 
 
 def rows(count: int, value: float | None = None, seed: int = 0) -> np.ndarray:
@@ -203,8 +208,8 @@ def test_stats_are_bounded_allow_listed_and_cannot_write_the_learners_metrics(tm
             huge = encode("stats", "arm", session="s1", values={f"junk_{i}": 1.0 for i in range(100_000)})
             started = time.monotonic()
             peer.send(huge)
-            client.call("status", timeout_s=2.0)
-            assert kinds(peer.receive(1, timeout_s=2.0)) == ["oversized"] and time.monotonic() - started < 2.5
+            client.call("status", timeout_s=10.0)  # the I/O thread still answers (it stalled for 120 s on such a frame)
+            assert kinds(peer.receive(1, timeout_s=10.0)) == ["oversized"] and time.monotonic() - started < 10
             # refused at the map's header, before its entries are read: it declares a million values and holds one
             fields = ("type", "stats", "v", PROTOCOL_VERSION, "sender", "arm", "session", "s1", "values")
             peer.send(b"\x85" + b"".join(map(msgpack.packb, fields)) + b"\xdf" + (1_000_000).to_bytes(4, "big")
@@ -229,6 +234,61 @@ def test_stats_are_bounded_allow_listed_and_cannot_write_the_learners_metrics(tm
         assert db.execute("SELECT COUNT(*) FROM metrics WHERE value >= 99999999").fetchone() == (0,)
         assert db.execute("SELECT COUNT(*) FROM metrics WHERE name = 'weight_version'").fetchone()[0] > 0
     assert from_peers == {("arm", "episode_return", 1.5), ("arm", "actor_weight_version", 7.0)}
+
+
+# ---- item 3: a session's numbers belong to whoever holds its id -------------------------------------
+def test_status_and_events_name_a_session_only_by_a_hash_of_it(tmp_path):
+    session = uuid.uuid4().hex
+    with running_learner(tmp_path / "run") as learner:
+        peer = Peer(learner)
+        try:
+            peer.send(frame(1, rows(50), session=session))
+            assert acked(receive_outcomes(peer, 1)) == {1}
+        finally:
+            peer.close()
+        status = status_of(learner)
+    assert list(status["actors"]) == [session_tag(session)] and status["actors"][session_tag(session)]["sender"] == "arm"
+    assert session not in json.dumps(status)  # what a peer would need to claim this session's (session, seq)
+    texts = [text for *_, text in MetricsStore(tmp_path / "run" / "metrics.sqlite").events()]
+    assert any(session_tag(session) in text for text in texts) and not any(session in text for text in texts)
+
+
+# ---- item 5: control needs the run's token ---------------------------------------------------------
+def test_the_learners_control_channel_refuses_requests_without_the_runs_token(tmp_path):
+    with running_learner(tmp_path / "run") as learner:
+        token = learner.rundir.token("control")[0]
+        for wrong in ("", "wrong", token[:-1], token + "x"):
+            with ControlClient(f"tcp://127.0.0.1:{learner.settings.port + 2}", 5.0, token=wrong) as intruder:
+                for command in ("pause", "stop", "status"):
+                    with pytest.raises(ControlError) as error:
+                        intruder.call(command)
+                    assert error.value.kind == "unauthorized", (wrong, command)
+        status = status_of(learner)
+        assert not learner.stop_requested.is_set()
+    assert status["state"] != "paused" and status["rejected"]["control"] == {"unauthorized": 12}
+    assert (tmp_path / "run" / "control.token").stat().st_mode & 0o077 == 0
+
+
+# ---- item 4: a damaged replay log ------------------------------------------------------------------
+def test_a_learner_reads_past_a_damaged_record_and_reports_it(tmp_path):
+    with running_learner(tmp_path / "run") as learner:
+        peer = Peer(learner)
+        try:
+            for seq in range(1, 11):
+                peer.send(frame(seq, rows(50, seed=seq)))
+            assert acked(receive_outcomes(peer, 10)) == set(range(1, 11))
+        finally:
+            peer.close()
+    segment = next((tmp_path / "run" / "replay").glob("segment-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the log: one record of ten
+    segment.write_bytes(bytes(data))
+    with running_learner(tmp_path / "run") as learner:
+        status = status_of(learner)
+    assert status["transitions_total"] == 9 * 50 and status["replay_damaged_stretches"] == 1
+    assert status["replay_damaged_bytes"] == len(data) // 10 and segment.stat().st_size == len(data)
+    events = MetricsStore(tmp_path / "run" / "metrics.sqlite").events()
+    assert [kind for _, _, _, kind, _ in events].count("replay_damaged") == 1
 
 
 # ---- item 9: ingest budget --------------------------------------------------------------------------

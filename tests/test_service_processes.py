@@ -19,14 +19,17 @@ import yaml
 import zmq
 from hypothesis import given, settings, strategies as st
 
-from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, decode, encode
+from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, decode, encode,
+                                session_tag)
 from robot_sql.replay_store import ReplayStore
 from robot_sql.rundir import MetricsStore
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import evaluate
-from tests.panel_support import ROBOT_SQL, free_port, free_port_block, start, stop, wait_for
+from tests.conftest import failed
+from tests.panel_support import ROBOT_SQL, free_port, free_port_block, run_token, start, stop, wait_for
 
 RATE_HZ = 50.0
+LOOP_STALL_S = 1.5  # the learner is away for seconds in these tests: a loop waiting on it would stall that long
 
 
 class Service:
@@ -37,6 +40,7 @@ class Service:
         self.port = free_port_block(3)
         self.processes = []
         self.actor_controls: dict[str, str] = {}
+        self.token = run_token(self.run_dir)  # the learner keeps it, the actors and these clients read it
 
     def learner(self, run_dir: Path | None = None, **settings):
         values = {"port": self.port, "torch_threads": 1, "min_replay": 100, "publish_every": 10, **settings}
@@ -50,6 +54,7 @@ class Service:
     def actor(self, name: str, **settings):
         control = f"tcp://127.0.0.1:{free_port()}"
         values = {"learner": f"127.0.0.1:{self.port}", "env": "MultiGoal-v0", "name": name, "control_bind": control,
+                  "control_token_file": str(self.run_dir / "control.token"),
                   "control_rate_hz": RATE_HZ, "link_timeout_s": 1.0, "resend_after_s": 1.0, **settings}
         config = self.root / f"{name}.yaml"
         config.write_text(yaml.safe_dump(values))
@@ -60,13 +65,13 @@ class Service:
 
     def learner_status(self) -> dict | None:
         try:
-            return ControlClient(f"tcp://127.0.0.1:{self.port + 2}", timeout_s=1.0).call("status")
+            return ControlClient(f"tcp://127.0.0.1:{self.port + 2}", timeout_s=1.0, token=self.token).call("status")
         except ControlError:
             return None
 
     def actor_status(self, name: str, **args) -> dict | None:
         try:
-            return ControlClient(self.actor_controls[name], timeout_s=1.0).call("status", **args)
+            return ControlClient(self.actor_controls[name], timeout_s=1.0, token=self.token).call("status", **args)
         except ControlError:
             return None
 
@@ -83,12 +88,12 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path):
+def service(tmp_path, request):
     service = Service(tmp_path)
     yield service
     service.stop_all()
-    if os.environ.get("ROBOT_SQL_SHOW_SERVICE_LOGS"):
-        print(service.logs())
+    if failed(request) or os.environ.get("ROBOT_SQL_SHOW_SERVICE_LOGS"):
+        print(service.logs())  # shown under the failure as "Captured stdout teardown"
 
 
 def acked_seqs(status: dict) -> set[int]:
@@ -99,7 +104,7 @@ def test_two_actor_processes_and_a_learner_train_multigoal(service):
     learner = service.learner(max_updates=3000)
     for index in range(2):
         service.actor(f"actor-{index}", seed=index)
-    assert learner.wait(150) == 0, service.logs()  # the learner stops itself after max_updates
+    assert learner.wait(500) == 0, service.logs()  # the learner stops itself after max_updates (~100 s here, unloaded)
     statuses = [service.actor_status(f"actor-{index}") for index in range(2)]
     assert all(status["acked_transitions"] > 500 for status in statuses), statuses
 
@@ -144,13 +149,15 @@ def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_throug
     service.stop_all()
 
     store = ReplayStore(service.run_dir / "replay", obs_dim=2, act_dim=2, capacity=100_000)
+    seen = {session_tag(session): seqs for session, seqs in store.seen.items()}
     for name in actors:
-        stored = set(store.seen[after[name]["session"]])
+        stored = set(seen[after[name]["session_tag"]])
         assert acked_seqs(before[name]) <= stored and acked_seqs(after[name]) <= stored
         assert len(acked_seqs(after[name])) > len(acked_seqs(before[name]))
-        # the longest control period over the whole run, gap and restart included (period 20 ms)
+        # the longest control period over the whole run, gap and restart included (period 20 ms): a loop that
+        # waited on the network would show the learner's absence (seconds); a loaded machine, a few hundred ms
         print(f"{name}: longest control period {1000 * after[name]['loop_period']['max_since_start_s']:.1f} ms")
-        assert after[name]["loop_period"]["max_since_start_s"] < 0.3, after[name]["loop_period"]
+        assert after[name]["loop_period"]["max_since_start_s"] < LOOP_STALL_S, after[name]["loop_period"]
 
 
 def test_an_actor_started_before_the_learner_runs_then_connects(service):
@@ -162,7 +169,7 @@ def test_an_actor_started_before_the_learner_runs_then_connects(service):
     joined = wait_for(lambda: (s := service.actor_status("early", unacked_seqs=True))["weight_version"] > 0
                       and s["connected"] and s["acked_transitions"] >= alone["steps"] and s, 60, "the actor to connect")
     assert 1 in acked_seqs(joined)  # transitions from before the learner existed were kept and delivered
-    assert joined["loop_period"]["max_since_start_s"] < 0.3
+    assert joined["loop_period"]["max_since_start_s"] < LOOP_STALL_S
 
     service.actor("wrong-env", env="SawyerReach-v0")  # transitions of another size: refused, kept, never stored
     refused = wait_for(lambda: (s := service.actor_status("wrong-env")) and s["refused_by_learner"].get("shape") and s,
@@ -174,7 +181,7 @@ def test_an_actor_started_before_the_learner_runs_then_connects(service):
 def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
     learner = service.learner(checkpoint_every_s=600)
     service.actor("actor-0")
-    control = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", timeout_s=10.0)
+    control = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", timeout_s=10.0, token=service.token)
     wait_for(lambda: (service.learner_status() or {}).get("updates", 0) >= 20, 90, "training to start")
     assert control.call("pause") == {"paused": True}
     time.sleep(0.2)  # an update in progress finishes
@@ -322,7 +329,7 @@ def test_curve_keys_let_the_right_actor_in_and_keep_others_out(service):
         """Actors with keys secure their own control channel too; any key pair may talk to it."""
         keys_of_panel = (keys / "intruder" / "intruder.key_secret", actor_keys[name]) if name in actor_keys else (None, None)
         try:
-            return ControlClient(service.actor_controls[name], 1.0, "panel", *keys_of_panel).call("status")
+            return ControlClient(service.actor_controls[name], 1.0, "panel", *keys_of_panel, token=service.token).call("status")
         except ControlError:  # not up yet
             return {}
 
@@ -330,12 +337,12 @@ def test_curve_keys_let_the_right_actor_in_and_keep_others_out(service):
     wait_for(lambda: (s := status("keyed")).get("connected") and s["weight_version"] > 0 and s["acked_transitions"] > 0,
              60, "the keyed actor to connect through CURVE")
     with pytest.raises(ControlError):  # a plain client gets no answer from a CURVE control channel
-        ControlClient(service.actor_controls["keyed"], 0.5).call("status")
+        ControlClient(service.actor_controls["keyed"], 0.5, token=service.token).call("status")
     wait_for(lambda: all(status(name).get("steps", 0) > 0 for name in ("intruder", "plain")), 30, "the other actors to run")
     time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # time enough for a handshake that should fail
     for name in ("intruder", "plain"):
         assert status(name)["connected"] is False and status(name)["weight_version"] == 0
         assert status(name)["acked_transitions"] == 0
     learner_status = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", 2.0, secret_key_file=keys / "actor" / "actor.key_secret",
-                                   server_key_file=server_key).call("status")
+                                   server_key_file=server_key, token=service.token).call("status")
     assert [actor["sender"] for actor in learner_status["actors"].values()] == ["keyed"]
