@@ -32,9 +32,10 @@ import torch
 import zmq
 
 from robot_sql.config import ConfigError, load_settings, refuse_unknown_environment
-from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, decode, encode, secure_client,
-                                secure_server, start_authenticator)
+from robot_sql.protocol import (ProtocolError, RejectCounter, RouterEndpoint, control_check, decode, encode,
+                                secure_client, secure_server, session_tag, start_authenticator)
 from robot_sql.replay import pack_transition
+from robot_sql.rundir import TokenFileError, read_token
 from robot_sql.safety import GuardedRobot, guard_sawyer
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
@@ -42,6 +43,7 @@ from robot_sql.train import check_box_spaces
 
 log = logging.getLogger("robot_sql.actor")
 CONTROL_COMMANDS = ("status", "estop", "rearm", "reset_episode", "perturb")
+OPEN_COMMANDS = frozenset({"estop"})  # taken without the control token: stopping the arm never waits on a credential
 WEIGHTS_QUEUE = 8  # weight frames queued for the network thread at most; it keeps only the newest
 
 
@@ -51,7 +53,9 @@ class ActorLink(threading.Thread):
     def __init__(self, settings: ActorSettings, name: str, obs_dim: int, act_dim: int, status: callable):
         super().__init__(name=f"{name}-link", daemon=True)
         self.settings, self.name, self.obs_dim, self.act_dim, self.status = settings, name, obs_dim, act_dim, status
-        self.session = uuid.uuid4().hex[:12]  # a restarted actor process starts new sequence numbers
+        # a restarted actor process starts new sequence numbers; 128 random bits, never shown (session_tag),
+        # so no other sender can claim this session's numbers
+        self.session = uuid.uuid4().hex
         self.outgoing: collections.deque = collections.deque()  # transitions from the loop (deque appends are atomic)
         self.stats_outbox: collections.deque = collections.deque(maxlen=100)
         self.commands: queue.Queue = queue.Queue()  # (command, args, envelope) for the loop
@@ -89,6 +93,16 @@ class ActorLink(threading.Thread):
         self.weights.setsockopt(zmq.SUBSCRIBE, b"")
         self.control = self.authenticator = None
         if self.settings.control_bind:
+            try:
+                if self.settings.control_token_file is None:
+                    raise TokenFileError("not given")
+                token = read_token(self.settings.control_token_file)
+            except TokenFileError as error:
+                self.context.destroy(linger=0)
+                raise ConfigError(
+                    f"control_token_file: {error}. The control channel takes requests only with the run's token: give "
+                    "control_token_file (<run-dir>/control.token, made by the learner at its first start), "
+                    "or control_bind: '' for no control channel") from None
             socket = self.context.socket(zmq.ROUTER)
             socket.linger = 0
             if self.settings.curve_secret_key is not None:  # the panel's link is encrypted with the actor's own keys
@@ -101,7 +115,8 @@ class ActorLink(threading.Thread):
                     self.authenticator.stop()
                 self.context.destroy(linger=0)
                 raise ConfigError(f"cannot bind the actor control channel to {self.settings.control_bind}: {error}") from error
-            self.control = RouterEndpoint(socket, "actor-control", self.name, {"request"})
+            self.control = RouterEndpoint(socket, "actor-control", self.name, {"request"},
+                                          check=control_check(token, OPEN_COMMANDS))
 
     @property
     def connected(self) -> bool:
@@ -430,7 +445,7 @@ class Actor:
         periods = np.asarray(list(self.periods) or [0.0])  # list() copies the deque atomically under the GIL
         link = self.link
         return {
-            "name": self.name, "session": link.session, "connected": link.connected,
+            "name": self.name, "session_tag": session_tag(link.session), "connected": link.connected,
             "weight_version": self.policy_version, "estopped": self.estopped, "holding": self.holding,
             "perturbing": self.perturbing,
             "steps": self.steps, "episodes": self.episodes,
@@ -477,12 +492,14 @@ class Actor:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with ActorSettings.")
 @click.option("--name", help="Actor id shown by the learner and the panel.")
 @click.option("--control-bind", help="Endpoint of this actor's control channel, e.g. tcp://127.0.0.1:5560.")
+@click.option("--control-token-file", help="The run's control.token, which the panel's requests carry.")
 def actor_command(learner: str | None, env_id: str | None, config_file: str | None, name: str | None,
-                  control_bind: str | None) -> None:
+                  control_bind: str | None, control_token_file: str | None) -> None:
     """Run the policy on an environment at the control rate and stream transitions to the learner."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     refuse_unknown_environment(ActorSettings, other_prefixes=("ROBOT_SQL_ACTOR_NODE_",))  # the ROS node's own
-    settings = load_settings(ActorSettings, config_file, learner=learner, env=env_id, name=name, control_bind=control_bind)
+    settings = load_settings(ActorSettings, config_file, learner=learner, env=env_id, name=name, control_bind=control_bind,
+                             control_token_file=control_token_file)
     torch.set_num_threads(1)  # a small policy: threads only cost latency
     import robot_sql  # noqa: F401  (registers our environments)
 

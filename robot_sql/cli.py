@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim-robot": ("robot_sql.sim.ros_driver:sim_robot_command", "MuJoCo Sawyer behind the real arm's ROS 2 topics (Intera)."),
     "learner": ("robot_sql.learner:learner_command", "Learner service: durable replay, SQL updates, weight publishing, control channel."),
     "actor": ("robot_sql.actor:actor_command", "Actor service: runs the policy on an env at the control rate, streams transitions."),
+    "control": ("robot_sql.protocol:control_command", "Send one control request to the learner or an actor (status, pause, estop, ...)."),
     "keygen": ("robot_sql.protocol:keygen_command", "Write a CURVE key pair for encrypted, authenticated service links."),
     "train": ("robot_sql.train:train_command", "Train SQL on an environment in one process (2-D tasks, Sawyer envs)."),
     "eval": ("robot_sql.train:eval_command", "Evaluate an agent checkpoint; writes eval.json."),

@@ -68,7 +68,9 @@ def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any
         return cls(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
+            + (f" ({item['input']})" if item["type"].startswith("path_") else "")  # which file it was
+            for item in error.errors()
         )
         source = f" (from {path})" if path else ""
         raise ConfigError(f"invalid {cls.__name__}{source}: {problems}") from error

@@ -14,11 +14,18 @@ Sockets (a learner binds three consecutive ports from `port`):
     port + 2  control  ROUTER  <- REQ (ControlClient): request; -> reply, error
 An actor binds its own control ROUTER (status, estop, rearm, reset_episode, perturb).
 
+Control requests carry the run's control token (<run-dir>/control.token, see
+`robot_sql.rundir`); a request without the right one is refused with kind "unauthorized" and
+counted (`control_check`). The one command that needs no token is an actor's `estop`:
+stopping the arm must never depend on a credential.
+
 Optional CURVE (encryption + authentication) for links that leave the machine: key pairs
 from `robot-sql keygen`, see `secure_server` and `secure_client`.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import re
@@ -34,7 +41,9 @@ import zmq.auth
 
 from robot_sql.replay import transition_width
 
-PROTOCOL_VERSION = 2  # 2: a transitions message carries one array of rows (robot_sql/replay.py), not five columns
+# 2: a transitions message carries one array of rows (robot_sql/replay.py), not five columns
+# 3: a control request carries the control token
+PROTOCOL_VERSION = 3
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
 MAX_ARRAY_DIMS = 4
@@ -61,6 +70,7 @@ REJECT_KINDS = (
     "forged",  # stats claiming to come from the learner
     "rate_limited",  # transitions beyond the sender's max_ingest_rate
     "disk_budget",  # transitions once the replay log holds max_replay_bytes
+    "unauthorized",  # a control request without the run's control token
 )
 # what an actor reports in stats messages (robot_sql/actor.py); the learner stores no other name
 STATS_NAMES = frozenset({"episode_return", "episode_length", "episode_success", "actor_steps_per_s",
@@ -179,7 +189,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "pong": {"weight_version": _integer},
     "stats": {"session": _text, "values": _numbers},
     "weights": {"run": _text, "version": _integer, "hidden_sizes": _integers, "weights": _arrays},
-    "request": {"command": _text, "args": _plain},
+    "request": {"command": _text, "args": _plain, "token": _text},
     "reply": {"result": _plain},
     "error": {"kind": _text, "detail": _text},
 }
@@ -329,6 +339,24 @@ class RouterEndpoint:
             pass
 
 
+def session_tag(session: str) -> str:
+    """How status, events and logs name an actor session: a session id is the secret that lets a
+    sender claim (session, seq) numbers, so it is never shown, only a hash of it."""
+    return hashlib.sha256(session.encode()).hexdigest()[:12]
+
+
+def control_check(token: str, open_commands: frozenset[str] = frozenset()) -> Callable[[Message], None]:
+    """A RouterEndpoint check: a request must carry `token`, unless its command is one of `open_commands`."""
+    expected = token.encode()
+
+    def check(message: Message) -> None:
+        body = message.body
+        if body["command"] not in open_commands and not hmac.compare_digest(body["token"].encode(), expected):
+            raise ProtocolError("unauthorized", "missing or wrong control token (the run's control.token)")
+
+    return check
+
+
 class ControlError(RuntimeError):
     """The peer answered a control request with an error, or did not answer in time (kind "timeout")."""
 
@@ -345,8 +373,9 @@ class ControlClient:
     """
 
     def __init__(self, address: str, timeout_s: float = 2.0, sender: str = "control-client",
-                 secret_key_file: str | Path | None = None, server_key_file: str | Path | None = None):
-        self.address, self.timeout_s, self.sender = address, timeout_s, sender
+                 secret_key_file: str | Path | None = None, server_key_file: str | Path | None = None,
+                 token: str = ""):
+        self.address, self.timeout_s, self.sender, self.token = address, timeout_s, sender, token
         self.keys = (secret_key_file, server_key_file)
         self.context = zmq.Context.instance()
         self.socket: zmq.Socket | None = None
@@ -359,7 +388,7 @@ class ControlClient:
             self.socket.connect(self.address)
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            self.socket.send(encode("request", self.sender, command=command, args=args), zmq.NOBLOCK)
+            self.socket.send(encode("request", self.sender, command=command, args=args, token=self.token), zmq.NOBLOCK)
             if not self.socket.poll(int(timeout_s * 1000)):
                 raise ControlError("timeout", f"no reply from {self.address} to {command!r} within {timeout_s} s")
             message = decode(self.socket.recv(), {"reply", "error"})
@@ -440,3 +469,44 @@ def keygen_command(out_dir: str, name: str) -> None:
     public_file, secret_file = zmq.auth.create_certificates(folder, name)
     Path(secret_file).chmod(0o600)
     click.echo(f"public key: {public_file}\nsecret key: {secret_file}")
+
+
+@click.command("control")
+@click.argument("command")
+@click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="The run, whose control.token is sent.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="The token file, where no run directory is at hand "
+              "(the robot side: a copy of the run's control.token).")
+@click.option("--address", default="tcp://127.0.0.1:5557", show_default=True,
+              help="The learner's control endpoint (its port + 2) or an actor's control_bind.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1, max=600), default=5.0, show_default=True)
+def control_command(command: str, args: tuple[str, ...], run_dir: str | None, token_file: str | None, address: str,
+                    timeout_s: float) -> None:
+    """Send one control request and print the reply as JSON.
+
+    The learner takes status, pause, resume, checkpoint, stop; an actor status, estop, rearm,
+    reset_episode, perturb. Values of KEY=VALUE are JSON where they parse (true, 3, [1,2]), else text."""
+    import json
+
+    from robot_sql.rundir import TokenFileError, read_token
+
+    if (run_dir is None) == (token_file is None):
+        raise click.UsageError("give --run-dir or --token-file (one of them)")
+    try:
+        token = read_token(token_file or Path(run_dir) / "control.token")
+    except TokenFileError as error:
+        raise click.ClickException(f"{error} (the learner makes it at its first start)") from None
+    values = {}
+    for item in args:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise click.UsageError(f"arguments are KEY=VALUE, got {item!r}")
+        try:
+            values[key] = json.loads(value)
+        except ValueError:
+            values[key] = value
+    try:
+        with ControlClient(address, timeout_s, "robot-sql-control", token=token) as client:
+            click.echo(json.dumps(client.call(command, **values), indent=2, sort_keys=True))
+    except ControlError as error:
+        raise click.ClickException(str(error)) from None

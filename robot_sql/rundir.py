@@ -3,6 +3,8 @@
     runs/<run-id>/
         config.yaml       resolved settings of the run
         learner.lock      held (flock) by the one learner serving the run; holds its pid
+        control.token     credential of the learner's and the actors' control channels (mode 0600)
+        panel.token       credential of the web panel (mode 0600)
         checkpoints/      atomic checkpoints (write to a temporary name, then rename)
         replay/           the durable replay store
         metrics.sqlite    metrics and events (WAL mode: several processes write, the panel reads)
@@ -14,6 +16,8 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import secrets
+import stat
 import sqlite3
 import tempfile
 import threading
@@ -25,6 +29,25 @@ from typing import Iterable
 
 class RunDirLocked(RuntimeError):
     """Another live process holds the lock a process needs on the run directory."""
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot serve as a credential (unreadable, empty, readable by others)."""
+
+
+def read_token(path: str | Path) -> str:
+    """The token in `path`; a file that others may read is refused: the token is a credential."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TokenFileError(f"cannot read the token file {path}: {error}") from None
+    if mode & 0o077:
+        raise TokenFileError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+    if not token:
+        raise TokenFileError(f"{path} is empty; delete it to have a new token generated")
+    return token
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,25 @@ class RunDir:
                                f"one {name} per run directory ({path})") from None
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()}\n".encode())  # the descriptor stays open: the lock is held
+
+    def token(self, name: str) -> tuple[str, bool]:
+        """The token in <run-dir>/<name>.token and whether it was made just now (then it may be shown once).
+
+        Made if absent, mode 0600, in one step (a file linked into place): two processes starting
+        together read the same token, never a half-written one."""
+        path = self.root / f"{name}.token"
+        if not path.exists():
+            handle, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{name}.token.")  # mode 0600
+            try:
+                with os.fdopen(handle, "w") as file:
+                    file.write(secrets.token_urlsafe(32) + "\n")
+                os.link(temporary, path)
+                return read_token(path), True
+            except FileExistsError:
+                pass  # another process made it first: theirs is the token
+            finally:
+                os.unlink(temporary)
+        return read_token(path), False
 
     @property
     def config(self) -> Path:

@@ -7,6 +7,7 @@ as soon as a link leaves the machine.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import DirectoryPath, Field, FilePath, field_validator, model_validator
@@ -71,6 +72,7 @@ class ActorSettings(Settings):
     max_unacked_transitions: int = Field(200_000, ge=1)  # beyond this the oldest are dropped (counted)
     stats_every_s: float = Field(1.0, gt=0)
     control_bind: str = "tcp://127.0.0.1:5560"  # the panel's channel to this actor ("" = none)
+    control_token_file: Path | None = None  # the run's control.token, needed with control_bind (read at start)
     max_steps: int | None = Field(None, ge=1)  # stop after this many environment steps
     seed: int = 0
     curve_secret_key: FilePath | None = None  # the actor's .key_secret file (also secures its control channel)

@@ -87,3 +87,10 @@ def wait_healthy(base_url: str, process: subprocess.Popen, log: Path, timeout_s:
             return False
 
     wait_for(up, timeout_s, "the panel's /health")
+
+
+def run_token(run_dir: Path) -> str:
+    """The run's control token (made now if the run has none yet): what control requests must carry."""
+    from robot_sql.rundir import RunDir
+
+    return RunDir.create(run_dir).token("control")[0]

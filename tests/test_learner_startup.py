@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from robot_sql.protocol import ControlClient, ControlError
-from tests.panel_support import ROBOT_SQL, free_port_block, start, stop, wait_for
+from tests.panel_support import ROBOT_SQL, free_port_block, run_token, start, stop, wait_for
 
 
 def clean_environment(**variables: str) -> dict[str, str]:
@@ -40,9 +40,9 @@ def write_config(path: Path, port: int) -> Path:
     return path
 
 
-def learner_status(port: int) -> dict | None:
+def learner_status(port: int, run: Path) -> dict | None:
     try:
-        return ControlClient(f"tcp://127.0.0.1:{port + 2}", timeout_s=1.0).call("status")
+        return ControlClient(f"tcp://127.0.0.1:{port + 2}", timeout_s=1.0, token=run_token(run)).call("status")
     except ControlError:
         return None
 
@@ -55,20 +55,20 @@ def test_a_second_learner_on_a_run_directory_is_refused_until_the_first_is_gone(
     processes = [start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(first_config)],
                        tmp_path / "first.log", clean_environment())]
     try:
-        wait_for(lambda: learner_status(first_port), 60, "the first learner")
+        wait_for(lambda: learner_status(first_port, run), 60, "the first learner")
         settings_written = (run / "learner.yaml").read_text()
 
         # other ports, same run: refused at once (it would otherwise append the same batches as the first)
         line = refuse(["learner", "--run-dir", str(run), "--config", str(second_config)])
         assert f"pid {processes[0].pid}" in line and str(run) in line, line
         assert (run / "learner.yaml").read_text() == settings_written  # the second one touched nothing
-        assert learner_status(first_port) is not None
+        assert learner_status(first_port, run) is not None
 
         os.killpg(processes[0].pid, signal.SIGKILL)  # the kernel releases the lock of a dead process
         processes[0].wait(10)
         processes.append(start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(second_config)],
                                tmp_path / "restarted.log", clean_environment()))
-        wait_for(lambda: learner_status(second_port), 60, "the learner restarted after kill -9")
+        wait_for(lambda: learner_status(second_port, run), 60, "the learner restarted after kill -9")
         assert (run / "learner.lock").read_text().strip() == str(processes[1].pid)
     finally:
         for process in processes:
@@ -137,3 +137,20 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_and_status_2(tmp_path, 
         where = str(tmp_path / "a-file" / "run")
     line = refuse(["learner", "--run-dir", where])
     assert f"cannot create the run directory {where}" in line, line
+
+
+def test_a_control_token_file_others_can_read_is_one_line_and_status_2(tmp_path):
+    token_file = tmp_path / "run" / "control.token"
+    run_token(tmp_path / "run")
+    token_file.chmod(0o644)
+    line = refuse(["learner", "--run-dir", str(tmp_path / "run"), "--port", str(free_port_block(3))])
+    assert "readable by others" in line and "chmod 600" in line, line
+    line = refuse(["actor", "--control-token-file", str(token_file)])
+    assert "readable by others" in line, line
+
+
+def test_an_actor_control_channel_without_a_token_file_is_one_line_and_status_2(tmp_path):
+    line = refuse(["actor", "--env", "MultiGoal-v0", "--control-bind", "tcp://127.0.0.1:9"])
+    assert "control_token_file" in line and "control.token" in line and "control_bind: ''" in line, line
+    line = refuse(["actor", "--env", "MultiGoal-v0", "--control-token-file", str(tmp_path / "missing.token")])
+    assert "control_token_file" in line and "missing.token" in line, line

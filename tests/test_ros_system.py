@@ -13,6 +13,7 @@ import pytest
 from robot_sql import sawyer
 from robot_sql.ros_actor import ActorNodeSettings
 from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, free_port_block, private_domain
+from tests.panel_support import run_token
 from tests.ros_support import Probe, require_ros
 
 CONTROL_HZ = 20.0
@@ -34,6 +35,7 @@ def system(tmp_path_factory):
     (logs / "learner.yaml").write_text(
         "env: SawyerReach-v0\nmin_replay: 64\npublish_every: 5\nutd_ratio: 0.25\nsql: {batch_size: 32}\n")
     processes = ChildProcesses(logs, domain)
+    token = run_token(logs / "run")
     probe = None
     try:
         processes.start("learner", "learner", "--run-dir", str(logs / "run"), "--config", str(logs / "learner.yaml"),
@@ -41,9 +43,10 @@ def system(tmp_path_factory):
         processes.start("driver", "sim-robot", "--params-file", str(SIM_PROFILE))
         processes.start("node", "actor-node", "--params-file", str(SIM_PROFILE), "--ros-args",
                         "-p", f"actor.learner:=127.0.0.1:{port}", "-p", f"actor.control_bind:=tcp://127.0.0.1:{port + 4}",
+                        "-p", f"actor.control_token_file:={logs / 'run' / 'control.token'}",
                         "-p", f"episode_seconds:={EPISODE_S}")
         probe = Probe(domain)
-        control = ControlClient(f"tcp://127.0.0.1:{port + 4}", timeout_s=1.0)
+        control = ControlClient(f"tcp://127.0.0.1:{port + 4}", timeout_s=1.0, token=token)
         probe.wait_for(lambda: len(probe.joint_states) > 10, 30, "joint states from the driver")
         probe.wait_for(lambda: len(probe.velocity_commands()) > 5, 60, "velocity commands from the actor node")
         yield processes, probe, control

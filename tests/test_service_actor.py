@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -14,17 +15,18 @@ from robot_sql.actor import Actor, ActorLink
 from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
-from tests.panel_support import free_port, wait_for
+from tests.panel_support import free_port, run_token, wait_for
 
 
-def start_actor(env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:
+def start_actor(run_dir: Path, env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:
     control = f"tcp://127.0.0.1:{free_port()}"
+    token = run_token(run_dir)
     values = {"learner": f"127.0.0.1:{free_port()}", "env": env_id, "name": "arm", "control_bind": control,
-              "control_rate_hz": 20.0, **settings}
+              "control_token_file": run_dir / "control.token", "control_rate_hz": 20.0, **settings}
     actor = Actor(gymnasium.make(env_id), ActorSettings(**values))
     thread = threading.Thread(target=actor.run, daemon=True)
     thread.start()
-    return actor, thread, ControlClient(control, timeout_s=5.0)
+    return actor, thread, ControlClient(control, timeout_s=5.0, token=token)
 
 
 def stop_actor(actor: Actor, thread: threading.Thread, client: ControlClient) -> None:
@@ -40,8 +42,8 @@ def steps_in(client: ControlClient, seconds: float) -> int:
     return client.call("status")["steps"] - before
 
 
-def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
-    actor, thread, client = start_actor("SawyerReach-v0")
+def test_estop_holds_the_arm_until_rearm_and_commands_are_routed(tmp_path):
+    actor, thread, client = start_actor(tmp_path / "run", "SawyerReach-v0")
     try:
         wait_for(lambda: client.call("status")["steps"] >= 5, 20, "the actor to step without a learner")
         status = client.call("status")
@@ -53,6 +55,14 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
         status = client.call("status")
         assert status["estopped"] and status["holding"]
         assert steps_in(client, 0.5) == 0  # the policy no longer steps
+        for token in ("", "wrong", client.token[:-1]):  # another local process cannot undo the e-stop, or move the arm
+            with ControlClient(client.address, timeout_s=5.0, token=token) as intruder:
+                for command, args in (("rearm", {}), ("reset_episode", {}), ("status", {}),
+                                      ("perturb", {"kind": "wrench", "magnitude": 20.0})):
+                    with pytest.raises(ControlError) as error:
+                        intruder.call(command, **args)
+                    assert error.value.kind == "unauthorized", command
+        assert client.call("status")["holding"] and steps_in(client, 0.3) == 0
         assert client.call("rearm") == {"estopped": False}
         assert steps_in(client, 0.5) >= 5
         assert "episodes" in client.call("reset_episode")
@@ -68,7 +78,10 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
         with pytest.raises(ControlError) as error:
             client.call("self_destruct")
         assert error.value.kind == "unknown_command"
-        client.call("estop")
+        with ControlClient(client.address, timeout_s=5.0) as anyone:  # stopping the arm needs no credential
+            assert anyone.call("estop") == {"estopped": True}
+        status = client.call("status")
+        assert status["holding"] and actor.link.session not in str(status)  # the session is never shown
     finally:
         stop_actor(actor, thread, client)
     # the last thing the actor did was hold(): with physics running on, the arm stays where it was
@@ -78,8 +91,8 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed():
     assert np.abs(robot.joint_positions() - before).max() < 0.01
 
 
-def test_hold_on_link_loss_holds_until_a_learner_answers():
-    actor, thread, client = start_actor("MultiGoal-v0", on_link_loss="hold")
+def test_hold_on_link_loss_holds_until_a_learner_answers(tmp_path):
+    actor, thread, client = start_actor(tmp_path / "run", "MultiGoal-v0", on_link_loss="hold")
     try:
         status = wait_for(lambda: (s := client.call("status"))["holding"] and s, 10, "the actor to hold")
         assert status["steps"] == 0 and status["connected"] is False
@@ -96,8 +109,8 @@ def test_unpaced_actor_runs_flat_out_and_stops_after_max_steps():
     with pytest.raises(ValueError, match="unknown command"):
         actor.request("launch")
     started = time.monotonic()
-    actor.run()  # returns by itself; at 10 Hz paced this would take 5 minutes
-    assert actor.steps == 3000 and time.monotonic() - started < 30
+    actor.run()  # returns by itself; at 10 Hz paced this would take 300 s (about 5 s here unloaded)
+    assert actor.steps == 3000 and time.monotonic() - started < 150
     assert not actor.link.is_alive()
 
 

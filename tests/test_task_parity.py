@@ -26,6 +26,7 @@ from robot_sql.service_settings import ActorSettings
 from robot_sql.sim.scenes import table_height
 from robot_sql.tasks import lego
 from robot_sql.tasks.poses import compose, quat_from_axis_angle, quat_multiply
+from tests.panel_support import run_token
 from tests.ros_support import Probe, require_ros
 
 ENV_IDS = ("SawyerReach-v0", "SawyerLegoStack-v0")
@@ -48,7 +49,9 @@ def system(tmp_path_factory):
     from robot_sql.ros_actor import ActorNode
 
     domain = private_domain()
-    processes = ChildProcesses(tmp_path_factory.mktemp("task_parity"), domain)
+    scratch = tmp_path_factory.mktemp("task_parity")
+    processes = ChildProcesses(scratch, domain)
+    run_token(scratch / "run")  # the nodes' control channels need a token file
     probe, nodes = None, []
     try:
         start_pose = "[" + ", ".join(repr(float(v)) for v in START) + "]"
@@ -59,7 +62,8 @@ def system(tmp_path_factory):
         for index, env_id in enumerate(ENV_IDS):
             settings = ActorNodeSettings(
                 actor=ActorSettings(env=env_id, control_rate_hz=20.0, paced=False, learner=f"127.0.0.1:{port}",
-                                    control_bind=f"tcp://127.0.0.1:{port + 2 + index}"),
+                                    control_bind=f"tcp://127.0.0.1:{port + 2 + index}",
+                                    control_token_file=scratch / "run" / "control.token"),
                 velocity_fraction=VELOCITY_FRACTION, start_pose=NEUTRAL.tolist())
             nodes.append(ActorNode(probe.node, settings))  # the node's RosSawyer, GuardedRobot and RobotPoseEnv
         for node in nodes:

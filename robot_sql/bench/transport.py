@@ -35,6 +35,7 @@ import zmq
 from robot_sql.malloc import release_free_memory
 from robot_sql.protocol import ControlClient, ControlError, decode, encode
 from robot_sql.replay import pack_batch
+from robot_sql.rundir import RunDir
 
 # (name, obs_dim, act_dim, hidden sizes): MultiGoal with the reference code's sizes, the Sawyer tasks
 REFERENCE_NETWORKS = [("multigoal-128x128", 2, 2, (128, 128)), ("sawyer-128x128", 23, 7, (128, 128)),
@@ -130,7 +131,7 @@ def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, 
     sink = mp.Process(target=raw_sink, args=(f"tcp://127.0.0.1:{port + 10}", ready), daemon=True)
     sink.start()
     try:
-        _wait_for_learner(f"tcp://127.0.0.1:{port + 2}", learner)
+        _wait_for_learner(f"tcp://127.0.0.1:{port + 2}", RunDir.create(work / "run").token("control")[0], learner)
         ready.wait(30)
         results: dict = {}
         for window in windows:
@@ -157,8 +158,8 @@ def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, 
         sink.terminate()
 
 
-def _wait_for_learner(address: str, learner: subprocess.Popen) -> None:
-    client = ControlClient(address, timeout_s=1.0)
+def _wait_for_learner(address: str, token: str, learner: subprocess.Popen) -> None:
+    client = ControlClient(address, timeout_s=1.0, token=token)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if learner.poll() is not None:
