@@ -1,5 +1,4 @@
 """The safety filter (robot_sql/safety.py): pure checks, no ROS needed."""
-import time
 import warnings
 
 import numpy as np
@@ -134,17 +133,6 @@ def test_a_vanishing_end_effector_step_does_not_overflow():
         warnings.simplefilter("error")
         decision = check(np.full(7, 0.1), ee=np.array([0.799, 0.0, 0.3]), jacobian=jacobian)
     assert decision.reason == "ok"
-
-
-def test_filter_is_fast():
-    jacobian = np.random.default_rng(0).normal(size=(3, 7))
-    batches = []
-    for _ in range(10):  # the best batch: other load on the machine only ever adds time
-        start = time.perf_counter()
-        for _ in range(200):
-            check(np.full(7, 0.3), jacobian=jacobian)
-        batches.append((time.perf_counter() - start) / 200)
-    assert min(batches) < 200e-6, f"{min(batches) * 1e6:.0f} us per check"
 
 
 def guarded_sim_robot():
