@@ -186,7 +186,9 @@ class Learner:
         self.weight_version = 0
         self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
         self.unacked: collections.deque = collections.deque()  # (store.appended mark, envelope, session, seq), in order
-        self.buckets: dict[str, TokenBucket] = {}  # sender -> its ingest budget
+        self.buckets: dict[str, TokenBucket] = {}  # session -> its ingest budget
+        rate = settings.max_total_ingest_rate
+        self.total_bucket = None if rate is None else self._new_bucket(rate)
         self.update_rate = self.ingest_rate = 0.0
         self.skipped_updates = self.nonfinite_in_a_row = 0
 
@@ -200,9 +202,15 @@ class Learner:
                 return  # a resend of what is stored: acknowledged again, whatever the budgets
             if settings.max_replay_bytes is not None and self.store.log_bytes >= settings.max_replay_bytes:
                 raise ProtocolError("disk_budget", f"the replay log has reached max_replay_bytes={settings.max_replay_bytes}")
-            if settings.max_ingest_rate is not None and not self._bucket(message.sender).take(rows):
-                raise ProtocolError("rate_limited", f"{message.sender[:64]} sends more than "
-                                                    f"max_ingest_rate={settings.max_ingest_rate:g} transitions/s")
+            # per session, not per sender name: a name is self-declared, a session id is a secret, so no peer
+            # can spend another's budget; many made-up sessions together still meet the overall bucket
+            if settings.max_ingest_rate is not None and not self._bucket(body["session"]).take(rows):
+                raise ProtocolError("rate_limited", f"{message.sender[:64]} (session {session_tag(body['session'])}) "
+                                                    f"sends more than max_ingest_rate={settings.max_ingest_rate:g} "
+                                                    "transitions/s")
+            if self.total_bucket is not None and not self.total_bucket.take(rows):
+                raise ProtocolError("rate_limited", "all senders together send more than "
+                                                    f"max_total_ingest_rate={settings.max_total_ingest_rate:g} transitions/s")
         elif message.type == "stats":
             if message.sender.startswith(SOURCE):  # self.sender too: peers cannot write the learner's curves
                 raise ProtocolError("forged", f"stats from {message.sender[:64]!r}: names beginning with "
@@ -211,13 +219,15 @@ class Learner:
             if unknown:
                 raise ProtocolError("unknown_metric", f"{len(unknown)} unknown names, e.g. {unknown[0][:64]!r}")
 
-    def _bucket(self, sender: str) -> TokenBucket:
-        bucket = self.buckets.get(sender)
+    def _bucket(self, session: str) -> TokenBucket:
+        bucket = self.buckets.get(session)
         if bucket is None:
-            make_room(self.buckets, lambda known: known.last)  # made-up sender names cannot grow the table
-            rate = self.settings.max_ingest_rate  # a second's worth at once, and at least one full batch
-            bucket = self.buckets[sender] = TokenBucket(rate, max(rate, self.settings.max_batch_transitions))
+            make_room(self.buckets, lambda known: known.last)  # made-up sessions cannot grow the table
+            bucket = self.buckets[session] = self._new_bucket(self.settings.max_ingest_rate)
         return bucket
+
+    def _new_bucket(self, rate: float) -> TokenBucket:
+        return TokenBucket(rate, max(rate, self.settings.max_batch_transitions))  # a second's worth, at least a batch
 
     def _bind(self, kind: int, offset: int, name: str, accept: set[str], check=None, max_entries: int | None = None):
         socket = self.context.socket(kind)

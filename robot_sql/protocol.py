@@ -68,7 +68,7 @@ REJECT_KINDS = (
     "out_of_range",  # finite values beyond the learner's max_abs_value
     "unknown_metric",  # a stats name that actors do not report (STATS_NAMES)
     "forged",  # stats claiming to come from the learner
-    "rate_limited",  # transitions beyond the sender's max_ingest_rate
+    "rate_limited",  # transitions beyond a session's max_ingest_rate or everyone's max_total_ingest_rate
     "disk_budget",  # transitions once the replay log holds max_replay_bytes
     "unauthorized",  # a control request without the run's control token
 )

@@ -35,7 +35,8 @@ class LearnerSettings(Settings):
     max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Limits (docs/service.md); a refused transitions frame is not acknowledged, so its actor keeps it and resends it.
     max_abs_value: float | None = Field(1e6, gt=0)  # on every value of a transition; None: finite is enough
-    max_ingest_rate: float | None = Field(100_000, gt=0)  # transitions/s per sender (a token bucket); None: no limit
+    max_ingest_rate: float | None = Field(100_000, gt=0)  # transitions/s per actor session (a token bucket); None: no limit
+    max_total_ingest_rate: float | None = Field(200_000, gt=0)  # transitions/s from all senders together
     max_replay_bytes: int | None = Field(20 * 1024 ** 3, gt=0)  # the replay log on disk; None: no limit
     publish_every: int = Field(20, ge=1)  # updates between weight versions
     checkpoint_every_s: float = Field(60.0, gt=0)

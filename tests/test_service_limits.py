@@ -302,7 +302,9 @@ def test_a_burst_beyond_the_senders_rate_is_refused_unacknowledged(tmp_path):
             replies = receive_outcomes(peer, 6)
             assert acked(replies) == {1, 2} and kinds(replies) == ["rate_limited"] * 4
             peer.send(frame(1, rows(50, seed=1)))  # a resend of what is stored: acknowledged, bucket empty or not
-            peer.send(frame(1, rows(50), sender="arm2", session="s2"))  # another sender has its own bucket
+            # another session has its own bucket, even under the same (self-declared) name: nobody can spend
+            # an actor's budget by calling itself by the actor's name
+            peer.send(frame(1, rows(50), sender="arm", session="s2"))
             assert acked(receive_outcomes(peer, 2)) == {1}
             time.sleep(0.6)  # 60 transitions' worth refilled
             peer.send(frame(3, rows(50, seed=3)))
@@ -311,6 +313,19 @@ def test_a_burst_beyond_the_senders_rate_is_refused_unacknowledged(tmp_path):
             peer.close()
         status = status_of(learner)
     assert status["rejected"]["data"] == {"rate_limited": 4} and status["transitions_total"] == 200
+
+
+def test_made_up_sessions_together_meet_the_overall_rate(tmp_path):
+    with running_learner(tmp_path / "run", max_total_ingest_rate=100, max_batch_transitions=100) as learner:
+        peer = Peer(learner)
+        try:
+            for seq in range(1, 5):  # four sessions of one frame each: each within its own budget
+                peer.send(frame(seq, rows(50, seed=seq), session=f"made-up-{seq}"))
+            replies = receive_outcomes(peer, 4)
+        finally:
+            peer.close()
+        assert len(acked(replies)) == 2 and kinds(replies) == ["rate_limited"] * 2
+        assert status_of(learner)["transitions_total"] == 100
 
 
 def test_transitions_beyond_the_disk_budget_are_refused_unacknowledged(tmp_path):

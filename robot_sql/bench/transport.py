@@ -124,7 +124,7 @@ def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, 
     config = work / "learner.yaml"
     config.write_text(yaml.safe_dump({"env": "SawyerReach-v0", "port": port, "min_replay": 10 ** 9, "torch_threads": 1,
                                       "max_batch_transitions": max(rows, 1),
-                                      "max_ingest_rate": None}))  # the ceiling is what this measures
+                                      "max_ingest_rate": None, "max_total_ingest_rate": None}))  # the ceiling is measured
     learner = subprocess.Popen([str(Path(sys.executable).with_name("robot-sql")), "learner", "--run-dir", str(work / "run"),
                                 "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ready = mp.Event()
