@@ -2,16 +2,19 @@
 import json
 import os
 import stat
+import subprocess
 
 import httpx
 import pytest
 import yaml
 import zmq.auth
 
-from robot_sql.panel.app import STATIC
+from robot_sql.panel.app import COOKIE, MAX_BODY_BYTES, STATIC, host_allowed
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
 from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
+
+TOKEN = "panel-api-test-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +39,25 @@ def panel(tmp_path_factory):
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, process, log)
-        yield {"base": base, "run": run, "token": (run.root / "panel.token").read_text().strip(), "log": log}
+        yield {"base": base, "port": port, "run": run, "token": (run.root / "panel.token").read_text().strip(),
+               "log": log}
     finally:
         stop(process)
 
 
 def auth(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+def events(panel) -> list[str]:
+    return [event[4] for event in httpx.get(f"{panel['base']}/api/events", headers=auth(panel["token"])).json()]
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: no NaN or Infinity (Python's json takes them, browsers do not)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_token_is_generated_once_with_private_permissions_and_printed(panel):
@@ -148,12 +163,127 @@ def test_commands_to_absent_processes_fail_loudly(panel):
     assert httpx.post(f"{panel['base']}/api/training/pause", headers=headers, timeout=10).status_code == 503
 
 
+# every state-changing endpoint, with a body it takes
+POSTS = [("/api/training/pause", None), ("/api/training/resume", None), ("/api/training/stop", None),
+         ("/api/training/checkpoint", None), ("/api/training/start", None), ("/api/estop", None), ("/api/rearm", None),
+         ("/api/episode/reset", {}), ("/api/perturbation", {"kind": "wrench", "magnitude": 5})]
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:9", "http://localhost:{port}", "null", None])
+def test_a_cookie_post_from_another_origin_is_refused_and_does_nothing(panel, origin):
+    """Same-site CSRF: a page on another port of this host gets the browser to send the login cookie."""
+    headers = {} if origin is None else {"Origin": origin.format(port=panel["port"])}
+    before = events(panel)
+    with httpx.Client(base_url=panel["base"], cookies={COOKIE: panel["token"]}, headers=headers) as browser:
+        for path, body in POSTS:
+            response = browser.post(path, json=body, timeout=10)
+            assert response.status_code == 403, (path, response.text)
+            assert "cross-origin request refused" in response.json()["detail"]
+    assert events(panel) == before  # estop, rearm and perturbation log an event when they reach the actor
+
+
+def test_a_cookie_post_from_the_panels_own_page_is_accepted(panel):
+    cookie, origin = {COOKIE: panel["token"]}, {"Origin": panel["base"]}
+    with httpx.Client(base_url=panel["base"], cookies=cookie, headers=origin) as page:
+        response = page.post("/api/estop", timeout=10)
+    assert response.status_code == 503  # no actor runs: it went through to the actor, which did not answer
+    assert response.json()["detail"]["actors"]["actor-0"]["ok"] is False
+    assert events(panel)[-1].startswith("estop sent to 1 actor(s)")
+
+
+def test_a_bearer_post_needs_no_origin(panel):
+    response = httpx.post(f"{panel['base']}/api/rearm", headers=auth(panel["token"]), timeout=10)
+    assert "origin" not in response.request.headers
+    assert response.status_code == 503 and response.json()["detail"]["actors"]["actor-0"]["ok"] is False
+    assert events(panel)[-1].startswith("rearm sent to 1 actor(s)")
+
+
+@pytest.mark.parametrize("host", ["attacker.example:{port}", "attacker.example", "127.0.0.1.attacker.example:{port}",
+                                  "attacker.example@127.0.0.1:{port}", "192.168.1.7:{port}"])
+def test_a_host_header_that_does_not_name_the_panel_is_refused(panel, host):
+    """DNS rebinding: a name of the attacker's that resolves to 127.0.0.1 makes its page same-origin with the panel."""
+    headers = {**auth(panel["token"]), "Host": host.format(port=panel["port"])}
+    for path in ("/health", "/api/status", "/"):
+        response = httpx.get(panel["base"] + path, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert "DNS rebinding" in response.json()["detail"]
+    headers["Host"] = f"localhost:{panel['port']}"
+    assert httpx.get(f"{panel['base']}/api/status", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("host, bound, allowed", [
+    ("127.0.0.1:8765", "127.0.0.1", True), ("localhost:8765", "127.0.0.1", True), ("[::1]:8765", "localhost", True),
+    ("LOCALHOST", "127.0.0.1", True), ("rebound.example:8765", "127.0.0.1", False),
+    ("10.0.0.5:8765", "127.0.0.1", False), ("10.0.0.5:8765", "0.0.0.0", True), ("[fe80::1]:8765", "::", True),
+    ("127.0.0.1:8765", "0.0.0.0", True), ("rebound.example:8765", "0.0.0.0", False),
+    ("10.0.0.5:8765", "10.0.0.5", True), ("localhost:8765", "10.0.0.5", False), ("robot.lab:8765", "robot.lab", True),
+    ("x@10.0.0.5:8765", "0.0.0.0", False), ("", "127.0.0.1", False),
+])
+def test_which_host_headers_name_the_panel(host, bound, allowed):
+    assert host_allowed(host, bound) is allowed
+
+
+@pytest.mark.parametrize("token", ["a", "x" * 31])
+@pytest.mark.parametrize("source", ["environment", "token file"])
+def test_a_short_token_is_refused_at_start_with_one_line_and_status_2(tmp_path, token, source):
+    environment = {key: value for key, value in os.environ.items() if key != "ROBOT_SQL_PANEL_TOKEN"}
+    if source == "environment":
+        environment["ROBOT_SQL_PANEL_TOKEN"] = token
+    else:
+        (tmp_path / "panel.token").write_text(token + "\n")
+        (tmp_path / "panel.token").chmod(0o600)
+    result = subprocess.run([ROBOT_SQL, "panel", "--run-dir", str(tmp_path), "--port", str(free_port())],
+                            env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert "too short to be safe" in result.stderr and "at least 32" in result.stderr
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": NaN}'),
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": Infinity}'),
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": -Infinity}'),
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": 1e400}'),
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": 5, "seed": 100000000000000000000000}'),
+    ("/api/perturbation", '{"kind": "wrench", "magnitude": 5, "seed": %s}' % ("9" * 5000)),
+    ("/api/episode/reset", '{"actor": [NaN]}'),
+])
+def test_numbers_out_of_range_in_a_body_get_a_422_in_valid_json(panel, path, body):
+    response = httpx.post(panel["base"] + path, content=body,
+                          headers={**auth(panel["token"]), "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "out of range" in json.dumps(strict_json(response.text)["detail"])
+
+
+@pytest.mark.parametrize("query", ["/api/events?after=99999999999999999999999", "/api/events?after=-1",
+                                   "/api/series/q_loss?since=nan", "/api/series/q_loss?since=1e400"])
+def test_numbers_out_of_range_in_a_query_get_a_422_in_valid_json(panel, query):
+    response = httpx.get(panel["base"] + query, headers=auth(panel["token"]))
+    assert response.status_code == 422, response.text
+    assert strict_json(response.text)["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.parametrize("sent, path", [
+    ("with its length", "/api/perturbation"),
+    ("with its length", "/api/training/pause"),  # refused before the endpoint runs, which would not read it
+    ("chunked", "/api/perturbation"),  # refused while it is read
+])
+def test_a_20_mb_body_gets_413(panel, sent, path):
+    chunks = [b" " * (1024 * 1024)] * 20
+    body = b"".join(chunks) if sent == "with its length" else iter(chunks)  # an iterator goes chunked
+    response = httpx.post(panel["base"] + path, content=body, timeout=60,
+                          headers={**auth(panel["token"]), "content-type": "application/json"})
+    assert response.status_code == 413 and str(MAX_BODY_BYTES) in response.json()["detail"]
+    assert ("content-length" in response.request.headers) == (sent == "with its length")
+    assert httpx.get(f"{panel['base']}/health").status_code == 200
+
+
 def test_permissive_token_file_is_refused(tmp_path):
     (tmp_path / "panel.token").write_text("secret\n")
     (tmp_path / "panel.token").chmod(0o644)
     environment = {key: value for key, value in os.environ.items() if key != "ROBOT_SQL_PANEL_TOKEN"}
     process = start([ROBOT_SQL, "panel", "--run-dir", str(tmp_path), "--port", str(free_port())], tmp_path / "out", environment)
-    assert process.wait(30) != 0
+    assert process.wait(30) == 2
     assert "chmod 600" in (tmp_path / "out").read_text()
 
 
@@ -172,14 +302,14 @@ def test_training_controls_drive_a_real_curve_learner_and_start_relaunches_it(tm
     panel_port = free_port()
     panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
                    "--learner-control", f"tcp://127.0.0.1:{port + 2}"], tmp_path / "panel.out",
-                  env={"ROBOT_SQL_PANEL_TOKEN": "test-token", "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.2",
+                  env={"ROBOT_SQL_PANEL_TOKEN": TOKEN, "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.2",
                        "ROBOT_SQL_PANEL_CURVE_SECRET_KEY": str(keys / "panel.key_secret"),
                        "ROBOT_SQL_PANEL_LEARNER_PUBLIC_KEY": str(keys / "learner.key")})
     relaunched = None
     try:
         base = f"http://127.0.0.1:{panel_port}"
         wait_healthy(base, panel, tmp_path / "panel.out")
-        client = httpx.Client(base_url=base, headers=auth("test-token"), timeout=10)
+        client = httpx.Client(base_url=base, headers=auth(TOKEN), timeout=10)
 
         def learner_state() -> str | None:
             learner = client.get("/api/status").json()["learner"]

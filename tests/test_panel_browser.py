@@ -1,6 +1,10 @@
 """The panel in headless Chromium: start training on the simulated arm, watch a curve grow, run a
-perturbation test, press e-stop and see the arm hold. Leaves test-artifacts/panel.png."""
+perturbation test, press e-stop and see the arm hold (leaves test-artifacts/panel.png); a page on
+another port of the host cannot pause training through the login cookie."""
+import http.server
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -12,8 +16,13 @@ from tests.conftest import require
 from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-TOKEN = "browser-test-token"
+TOKEN = "browser-test-token-0123456789abcdef"
 SMALL_SQL = {"hidden_sizes": [32, 32], "batch_size": 32, "kernel_particles": 8, "value_particles": 8}
+
+
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
 
 
 @pytest.fixture
@@ -60,8 +69,7 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
 
     wait_for(lambda: actor_status()["connected"], 60, "the actor's control channel")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1250})
             outside = []
@@ -103,3 +111,74 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
             assert outside == [], f"the page fetched from outside: {outside}"
         finally:
             browser.close()
+
+
+def serve_page(html: str) -> http.server.ThreadingHTTPServer:
+    """An HTTP server on a free loopback port that answers every GET with `html`, in a thread."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_page_on_another_port_cannot_pause_training_through_the_login_cookie(tmp_path):
+    """Same-site CSRF: the operator is logged in; a page served from another port of the host
+    submits a form to Pause. The browser sends the SameSite=Strict cookie with it (same site), so
+    only the panel's Origin check stops it; the panel's own Pause button still works."""
+    from playwright.sync_api import expect, sync_playwright
+
+    require(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
+    run = RunDir.create(tmp_path / "run")
+    learner_port, panel_port = free_port_block(3), free_port()
+    (tmp_path / "learner.yaml").write_text(yaml.safe_dump({"env": "MultiGoal-v0", "checkpoint_every_s": 600}))
+    learner = start([ROBOT_SQL, "learner", "--run-dir", str(run.root), "--config", str(tmp_path / "learner.yaml"),
+                     "--port", str(learner_port)], tmp_path / "learner.out")
+    panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
+                   "--learner-control", f"tcp://127.0.0.1:{learner_port + 2}"], tmp_path / "panel.out",
+                  env={"ROBOT_SQL_PANEL_TOKEN": TOKEN, "ROBOT_SQL_PANEL_POLL_INTERVAL_S": "0.2"})
+    base = f"http://127.0.0.1:{panel_port}"
+    attacker = serve_page(f'<form method="post" action="{base}/api/training/pause"></form>'
+                          "<script>document.forms[0].submit()</script>")
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    try:
+        wait_healthy(base, panel, tmp_path / "panel.out")
+
+        def learner_state() -> str | None:
+            learner = api.get("/api/status").json()["learner"]
+            return learner["status"]["state"] if learner["connected"] else None
+
+        wait_for(lambda: learner_state() == "running", 60, "the learner to answer the panel")
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            try:
+                page = browser.new_page()
+                page.goto(f"{base}/?token={TOKEN}")
+                expect(page.locator("#stream-state")).to_have_text("live", timeout=15_000)
+                with page.expect_response(f"{base}/api/training/pause") as submitted:
+                    page.goto(f"http://127.0.0.1:{attacker.server_port}/")
+                assert submitted.value.status == 403  # not 401: the cookie went along
+                expect(page.locator("body")).to_contain_text("cross-origin request refused")
+                time.sleep(1.0)  # five status polls
+                assert learner_state() == "running"
+
+                page.goto(base)
+                page.click("button[data-training=pause]")
+                expect(page.locator("#message")).to_contain_text("/api/training/pause: ok", timeout=10_000)
+                wait_for(lambda: learner_state() == "paused", 10, "the learner to report paused")
+            finally:
+                browser.close()
+    finally:
+        attacker.shutdown()
+        api.close()
+        stop(panel)
+        stop(learner)

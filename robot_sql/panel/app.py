@@ -14,16 +14,28 @@ joint_positions (rad, right_j0..6), target_position (m, base frame) and position
 Security: every endpoint except /health needs the panel token, as `Authorization: Bearer
 <token>` or as the cookie the page sets after opening the login link `/?token=<token>`
 once. The token comes from ROBOT_SQL_PANEL_TOKEN or is generated at first start and kept in
-<run-dir>/panel.token (mode 0600). The server binds 127.0.0.1 unless told otherwise. No
-endpoint commands joint positions: the only motions it can cause are a reset to the start
-pose and perturbations bounded by robot_sql.perturbation's limits.
+<run-dir>/panel.token (mode 0600); one shorter than 32 characters is refused at start (exit
+status 2). The cookie is SameSite=Strict, but a page on another port of the same host is the
+same site, so a state-changing request (any method but GET and HEAD) that authenticates with
+the cookie must also carry the panel's own Origin (scheme://host:port it was addressed to),
+else 403; one with the Bearer header needs none (a page of another origin cannot set that
+header without a CORS preflight, which the panel never grants). Every request's Host header
+must name the panel, against DNS rebinding: a loopback name when it is bound to loopback,
+else its bound address (bound to 0.0.0.0: a loopback name or an IP address); else 400.
+Request bodies are at most 64 KiB (else 413: by Content-Length before the body is read;
+sent without one, as soon as the bytes read pass the limit), and numbers in bodies and query
+values must be finite, integers within 64 bits (else 422). The server binds 127.0.0.1 unless
+told otherwise. No endpoint commands joint positions: the only motions it can cause are a reset
+to the start pose and perturbations bounded by robot_sql.perturbation's limits.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -34,18 +46,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 import click
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from robot_sql import perturbation, sawyer
-from robot_sql.config import Settings, load_settings
+from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
@@ -55,6 +70,11 @@ STATIC = Path(__file__).parent / "static"
 TOKEN_FILE = "panel.token"
 COOKIE = "robot_sql_panel"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# the length of secrets.token_urlsafe(24), 192 random bits (`openssl rand -hex 24` gives 48 characters)
+MIN_TOKEN_CHARS = 32
+SAFE_METHODS = ("GET", "HEAD")  # every other method changes state
+MAX_BODY_BYTES = 64 * 1024  # the biggest body the API takes, a perturbation spec, is a few hundred bytes
+MAX_INTEGER = 2**63 - 1  # the largest integer SQLite and msgpack's signed integers hold
 # a perturbation test runs whole evaluation episodes on the actor; give it time
 PERTURBATION_TIMEOUT_S = 600.0
 
@@ -126,39 +146,160 @@ class PanelSettings(Settings):
 
 
 def load_or_create_token(run: RunDir, from_environment: str | None) -> tuple[str, bool]:
-    """The panel token and whether it was generated just now (then it is shown once)."""
-    if from_environment:
-        return from_environment, False
+    """The panel token and whether it was generated just now (then it is shown once).
+
+    ConfigError for one shorter than MIN_TOKEN_CHARS: the token is all that guards the panel."""
     path = run.root / TOKEN_FILE
-    if path.exists():
+    if from_environment:
+        token, where, remedy = from_environment, "ROBOT_SQL_PANEL_TOKEN", "make one with: openssl rand -hex 24"
+    elif path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise click.ClickException(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
-        token = path.read_text().strip()
-        if not token:
-            raise click.ClickException(f"{path} is empty; delete it to generate a new token")
-        return token, False
-    token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(token + "\n")
-    return token, True
+            raise ConfigError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+        token, where, remedy = path.read_text().strip(), str(path), "delete the file to have a new token generated"
+    else:
+        token = secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(token + "\n")
+        return token, True
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"the panel token in {where} is too short to be safe ({len(token)} characters, at least "
+                          f"{MIN_TOKEN_CHARS} needed); {remedy}")
+    return token, False
 
 
 def token_checker(token: str):
     expected = token.encode()
 
     def require_token(request: Request) -> None:
-        supplied = request.cookies.get(COOKIE, "")
         header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            supplied = header[7:].strip()
+        bearer = header.lower().startswith("bearer ")
+        supplied = header[7:].strip() if bearer else request.cookies.get(COOKIE, "")
         if not hmac.compare_digest(supplied.encode(), expected):
             raise HTTPException(401, "missing or wrong panel token: send 'Authorization: Bearer <token>' or log in "
                                      "once at /?token=<token> (the token is in <run-dir>/panel.token)",
                                 headers={"WWW-Authenticate": "Bearer"})
+        # Browsers send the SameSite=Strict cookie also with a form that a page on another port of this
+        # host submits (same site, other origin). Such a page cannot send the Bearer header: that takes
+        # a CORS preflight, which the panel never grants.
+        if not bearer and request.method not in SAFE_METHODS:
+            own = f"{request.url.scheme}://{request.headers['host']}".lower()  # the gate checked the Host
+            origin = request.headers.get("origin")
+            if origin is None or origin.lower() != own:
+                raise HTTPException(403, f"cross-origin request refused: a {request.method} authenticated by the login "
+                                         f"cookie must come from the panel's own page (Origin {own}), this one has "
+                                         f"Origin {origin!r}; scripts send 'Authorization: Bearer <token>' instead")
 
     return require_token
+
+
+# ---------------------------------------------------------------------------- what a request may be
+
+
+HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-fA-F:.]+\]|[^\[\]:@/]+)(:\d{1,5})?")  # name[:port], no user@
+
+
+def is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_allowed(host: str, bound: str) -> bool:
+    """Whether a Host header names the panel bound to `bound`: bound to loopback, a loopback name; bound
+    to every interface (0.0.0.0, as in its container), a loopback name or an IP address; else the bound
+    address itself. Never a DNS name of someone else's that resolves to the panel's address (DNS
+    rebinding): its pages would be same-origin with the panel."""
+    match = HOST_HEADER.fullmatch(host)
+    if match is None:
+        return False
+    name, bound = match["name"].strip("[]").lower(), bound.strip("[]").lower()
+    if bound in LOOPBACK_HOSTS:
+        return name in LOOPBACK_HOSTS
+    if bound in ("0.0.0.0", "::"):
+        return name in LOOPBACK_HOSTS or is_ip_address(name)
+    return name == bound
+
+
+class RequestGate:
+    """ASGI middleware in front of everything: the Host header must name the panel (`host_allowed`,
+    else 400), and a body may hold at most MAX_BODY_BYTES (else 413): refused by its Content-Length
+    before the application sees the request, or, sent without one (chunked), when the bytes read so
+    far pass the limit."""
+
+    too_large = f"request body over {MAX_BODY_BYTES} bytes"
+
+    def __init__(self, app: ASGIApp, bound_host: str):
+        self.app, self.bound_host = app, bound_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if not host_allowed(host, self.bound_host):
+            refusal = (f"Host {host!r} does not name this panel (bound to {self.bound_host}): open it by its address; "
+                       "other names are refused against DNS rebinding")
+            return await JSONResponse({"detail": refusal}, 400)(scope, receive, send)
+        if int(headers.get("content-length", 0)) > MAX_BODY_BYTES:
+            return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+        read = 0
+
+        async def counting_receive() -> Message:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > MAX_BODY_BYTES:
+                raise HTTPException(413, self.too_large)  # FastAPI's body reading passes HTTPExceptions on
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def finite_json(body: bytes) -> Any:
+    """A request body's JSON, in which numbers must be finite and integers within ±MAX_INTEGER:
+    NaN, Infinity, 1e400 (inf) or 10**30 is a json.JSONDecodeError here, which FastAPI answers with
+    422, instead of failing later where it hurts (in the JSON of the 422 itself, SQLite, msgpack)."""
+    text = body.decode()
+
+    def refuse(literal: str) -> NoReturn:
+        raise json.JSONDecodeError(f"{literal} is out of range: numbers must be finite, integers within "
+                                   f"±{MAX_INTEGER}", text, text.find(literal))
+
+    def integer(literal: str) -> int:
+        if len(literal) > 20 or abs(int(literal)) > MAX_INTEGER:  # the length first: int() of 5000 digits raises
+            refuse(literal)
+        return int(literal)
+
+    def real(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            refuse(literal)
+        return value
+
+    return json.loads(text, parse_constant=refuse, parse_int=integer, parse_float=real)
+
+
+class FiniteJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = finite_json(await self.body())
+        return self._json
+
+
+class FiniteJSONRoute(APIRoute):
+    """A route that reads JSON bodies with `finite_json`."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def finite_json_handler(request: Request) -> Response:
+            return await handler(FiniteJSONRequest(request.scope, request.receive))
+
+        return finite_json_handler
 
 
 # ---------------------------------------------------------------------------- what the run directory holds
@@ -386,7 +527,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         store.close()
 
     app = FastAPI(title="robot-sql panel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    api = APIRouter(dependencies=[Depends(require_token)])
+    app.add_middleware(RequestGate, bound_host=settings.host)
+    api = APIRouter(dependencies=[Depends(require_token)], route_class=FiniteJSONRoute)
 
     def record(kind: str, message: str) -> None:
         store.event("panel", kind, message)
@@ -436,11 +578,11 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     api.get("/api/status")(status)
 
     @api.get("/api/series/{name}")
-    def series(name: str, since: float = 0.0) -> list[tuple[float, int, float]]:
+    def series(name: str, since: float = Query(0.0, allow_inf_nan=False)) -> list[tuple[float, int, float]]:
         return store.series(name, since)
 
     @api.get("/api/events")
-    def events(after: int = 0) -> list[tuple[int, float, str, str, str]]:
+    def events(after: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[tuple[int, float, str, str, str]]:
         return store.events(after)
 
     @api.get("/api/checkpoints")
