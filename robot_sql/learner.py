@@ -195,6 +195,9 @@ class Learner:
     def _check_data(self, message) -> None:
         """The learner's own checks of a data frame (a ProtocolError refuses it, counted and answered)."""
         body, settings = message.body, self.settings
+        known = self.sessions.get(body["session"])
+        if known is not None and known["key"] != message.peer_key:  # with CURVE: a session is its first key's
+            raise ProtocolError("unauthorized", f"session {session_tag(body['session'])} belongs to another CURVE key")
         if message.type == "transitions":
             rows = check_transitions(body, self.store.obs_dim, self.store.act_dim, settings.max_batch_transitions,
                                      settings.max_abs_value)
@@ -292,7 +295,8 @@ class Learner:
             info = self.sessions.get(session)
             if info is None:
                 make_room(self.sessions, lambda known: known["last_seen"])  # a flood of made-up sessions cannot grow it
-                info = self.sessions[session] = {"sender": message.sender, "transitions": 0, "last_seen": 0.0}
+                info = self.sessions[session] = {"sender": message.sender, "key": message.peer_key, "transitions": 0,
+                                                 "last_seen": 0.0}
             now = time.time()
             if now - info["last_seen"] > ACTOR_SILENT_S:
                 self._event("actor", f"actor {message.sender} (session {session_tag(session)}) connected")

@@ -29,7 +29,7 @@ import hmac
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,6 +92,7 @@ class Message:
     type: str
     sender: str
     body: dict[str, Any]
+    peer_key: str = ""  # the CURVE public key (Z85) the frame arrived under; "" without CURVE
 
 
 # ---- field checks: each returns the validated value or raises ProtocolError("schema") ------
@@ -323,6 +324,9 @@ class RouterEndpoint:
         try:
             envelope, payload = split_routed(frames)
             message = decode(payload, self.accept, self.max_bytes, self.max_entries)
+            key = _peer_key(parts[-1])
+            if key:
+                message = replace(message, peer_key=key)
             if self.check is not None:
                 self.check(message)
         except ProtocolError as error:
@@ -355,6 +359,14 @@ def control_check(token: str, open_commands: frozenset[str] = frozenset()) -> Ca
             raise ProtocolError("unauthorized", "missing or wrong control token (the run's control.token)")
 
     return check
+
+
+def _peer_key(frame: zmq.Frame) -> str:
+    """The CURVE client key that ZAP authenticated for this frame's connection, "" on a plain link."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler on this socket: no key
+        return ""
 
 
 class ControlError(RuntimeError):

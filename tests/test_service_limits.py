@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 import zmq
+import zmq.auth
 
 from robot_sql.actor import ActorLink
 from robot_sql.learner import MAX_NONFINITE_UPDATES, Learner
-from robot_sql.protocol import PROTOCOL_VERSION, ControlClient, ControlError, Message, decode, encode, session_tag
+from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, Message, decode, encode, secure_client,
+                                session_tag)
 from robot_sql.rundir import MetricsStore, RunDir
 from robot_sql.service_settings import ActorSettings, LearnerSettings
 from robot_sql.sql import SoftQLearning, SQLConfig
@@ -47,10 +49,11 @@ def running_learner(run_dir, **settings):
 class Peer:
     """A DEALER on the learner's data socket, as an actor's."""
 
-    def __init__(self, learner: Learner):
+    def __init__(self, learner: Learner, secret_key_file=None, server_key_file=None):
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
+        secure_client(self.socket, secret_key_file, server_key_file)
         self.socket.connect(f"tcp://127.0.0.1:{learner.settings.port}")
 
     def send(self, frame: bytes) -> None:
@@ -251,6 +254,34 @@ def test_status_and_events_name_a_session_only_by_a_hash_of_it(tmp_path):
     assert session not in json.dumps(status)  # what a peer would need to claim this session's (session, seq)
     texts = [text for *_, text in MetricsStore(tmp_path / "run" / "metrics.sqlite").events()]
     assert any(session_tag(session) in text for text in texts) and not any(session in text for text in texts)
+
+
+def test_with_curve_a_session_belongs_to_the_key_that_first_used_it(tmp_path):
+    keys = tmp_path / "keys"
+    for folder in ("learner", "clients"):
+        (keys / folder).mkdir(parents=True)
+    zmq.auth.create_certificates(keys / "learner", "learner")
+    for name in ("arm", "other"):  # both allowed on the learner's sockets
+        zmq.auth.create_certificates(keys / "clients", name)
+    server_key = keys / "learner" / "learner.key"
+    with running_learner(tmp_path / "run", curve_secret_key=keys / "learner" / "learner.key_secret",
+                         curve_clients_dir=keys / "clients") as learner:
+        arm = Peer(learner, keys / "clients" / "arm.key_secret", server_key)
+        other = Peer(learner, keys / "clients" / "other.key_secret", server_key)
+        try:
+            arm.send(frame(1, rows(50), session="arm-session"))
+            assert acked(receive_outcomes(arm, 1)) == {1}
+            other.send(frame(2, rows(50), session="arm-session"))  # the arm's next number, claimed by another key
+            assert kinds(receive_outcomes(other, 1)) == ["unauthorized"]
+            arm.send(frame(2, rows(50, seed=2), session="arm-session"))
+            assert acked(receive_outcomes(arm, 1)) == {2}  # still the arm's: stored, not taken for a duplicate
+        finally:
+            arm.close()
+            other.close()
+        with ControlClient(f"tcp://127.0.0.1:{learner.settings.port + 2}", 5.0, "test", keys / "clients" / "arm.key_secret",
+                           server_key, token=learner.rundir.token("control")[0]) as client:  # CURVE on control too
+            status = client.call("status")
+    assert status["transitions_total"] == 100 and status["rejected"]["data"] == {"unauthorized": 1}
 
 
 # ---- item 5: control needs the run's token ---------------------------------------------------------
