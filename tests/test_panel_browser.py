@@ -36,7 +36,9 @@ def simulated_run(tmp_path):
         "checkpoint_every_s": 600}))
     (tmp_path / "actor.yaml").write_text(yaml.safe_dump({
         "env": "SawyerReach-v0", "learner": f"127.0.0.1:{learner_port}", "paced": False,
-        "stats_every_s": 0.3, "control_bind": f"tcp://127.0.0.1:{actor_control}"}))
+        "stats_every_s": 0.3, "control_bind": f"tcp://127.0.0.1:{actor_control}",
+        "control_token_file": str(run.root / "control.token")}))
+    run.token("control")  # as the dry run does: the actor reads it, the learner the panel starts keeps it
     panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
                    "--learner-control", f"tcp://127.0.0.1:{learner_port + 2}",
                    "--actor-control", f"tcp://127.0.0.1:{actor_control}",

@@ -38,9 +38,7 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import threading
@@ -64,10 +62,10 @@ from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
-from robot_sql.rundir import MetricsStore, RunDir
+from robot_sql.rundir import MetricsStore, RunDir, TokenFileError
 
 STATIC = Path(__file__).parent / "static"
-TOKEN_FILE = "panel.token"
+TOKEN_NAME = "panel"  # <run-dir>/panel.token
 COOKIE = "robot_sql_panel"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # the length of secrets.token_urlsafe(24), 192 random bits (`openssl rand -hex 24` gives 48 characters)
@@ -149,24 +147,19 @@ def load_or_create_token(run: RunDir, from_environment: str | None) -> tuple[str
     """The panel token and whether it was generated just now (then it is shown once).
 
     ConfigError for one shorter than MIN_TOKEN_CHARS: the token is all that guards the panel."""
-    path = run.root / TOKEN_FILE
     if from_environment:
-        token, where, remedy = from_environment, "ROBOT_SQL_PANEL_TOKEN", "make one with: openssl rand -hex 24"
-    elif path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
-        token, where, remedy = path.read_text().strip(), str(path), "delete the file to have a new token generated"
+        token, generated = from_environment, False
+        where, remedy = "ROBOT_SQL_PANEL_TOKEN", "make one with: openssl rand -hex 24"
     else:
-        token = secrets.token_urlsafe(32)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(token + "\n")
-        return token, True
+        try:
+            token, generated = run.token(TOKEN_NAME)
+        except TokenFileError as error:
+            raise ConfigError(str(error)) from None
+        where, remedy = str(run.root / f"{TOKEN_NAME}.token"), "delete the file to have a new token generated"
     if len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(f"the panel token in {where} is too short to be safe ({len(token)} characters, at least "
                           f"{MIN_TOKEN_CHARS} needed); {remedy}")
-    return token, False
+    return token, generated
 
 
 def token_checker(token: str):
@@ -365,10 +358,12 @@ class ProcessLink:
     last command was answered, recently.
     """
 
-    def __init__(self, name: str, address: str, timeout_s: float, curve_keys: tuple[Path | None, Path | None] = (None, None)):
+    def __init__(self, name: str, address: str, timeout_s: float, control_token: str,
+                 curve_keys: tuple[Path | None, Path | None] = (None, None)):
         self.name = name
         self.address = address
         self.timeout_s = timeout_s
+        self.control_token = control_token  # the run's control.token, which every request carries
         self.curve_keys = curve_keys  # (own secret key file, server's public key file)
         self.last_status: dict | None = None
         self.last_reply_time: float | None = None
@@ -377,7 +372,8 @@ class ProcessLink:
 
     def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
         try:
-            with ControlClient(self.address, timeout_s or self.timeout_s, "panel", *self.curve_keys) as client:
+            with ControlClient(self.address, timeout_s or self.timeout_s, "panel", *self.curve_keys,
+                               token=self.control_token) as client:
                 reply = client.call(command, **arguments)
         except ControlError as error:
             answered = error.kind not in NO_ANSWER
@@ -413,12 +409,14 @@ class ProcessLink:
 class Fleet:
     """The learner and the actors the panel talks to, polled in a background thread."""
 
-    def __init__(self, settings: PanelSettings):
+    def __init__(self, settings: PanelSettings, control_token: str):
         self.interval_s = settings.poll_interval_s
         timeout_s = settings.control_timeout_s
         keys = (settings.curve_secret_key, settings.learner_public_key)
-        self.learner = ProcessLink("learner", settings.learner_control, timeout_s, keys) if settings.learner_control else None
-        self.actors = [ProcessLink(f"actor-{i}", address, timeout_s) for i, address in enumerate(settings.actor_control)]
+        self.learner = (ProcessLink("learner", settings.learner_control, timeout_s, control_token, keys)
+                        if settings.learner_control else None)
+        self.actors = [ProcessLink(f"actor-{i}", address, timeout_s, control_token)
+                       for i, address in enumerate(settings.actor_control)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="panel-poll", daemon=True)
 
@@ -510,7 +508,11 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     """The panel application; `shutting_down()` tells open event streams to end (the server is stopping)."""
     run = RunDir.create(settings.run_dir)
     store = MetricsStore(run.metrics)
-    fleet = Fleet(settings)
+    try:
+        control_token, _ = run.token("control")  # made here when the panel is first; the learner keeps it
+    except TokenFileError as error:
+        raise ConfigError(str(error)) from None
+    fleet = Fleet(settings, control_token)
     launcher = (LearnerLauncher(run, settings.learner_control, settings.learner_config)
                 if settings.learner_control and split_tcp(settings.learner_control)[0] in LOOPBACK_HOSTS else None)
     perturbation_job: dict = {"state": "idle"}
@@ -804,11 +806,11 @@ def panel_command(run_dir, port, host, learner_control, actor_control, learner_c
     token, generated = load_or_create_token(run, settings.token.get_secret_value() if settings.token else None)
     url = f"http://{settings.host}:{settings.port}/"
     if generated:
-        click.echo(f"panel: new token stored in {run.root / TOKEN_FILE} (mode 0600); log in once at {url}?token={token}")
+        click.echo(f"panel: new token stored in {run.root / TOKEN_NAME}.token (mode 0600); log in once at {url}?token={token}")
     elif settings.token:
         click.echo(f"panel: serving {url} (token from ROBOT_SQL_PANEL_TOKEN; log in at {url}?token=<token>)")
     else:
-        click.echo(f"panel: serving {url} (token in {run.root / TOKEN_FILE}; log in at {url}?token=<token>)")
+        click.echo(f"panel: serving {url} (token in {run.root / TOKEN_NAME}.token; log in at {url}?token=<token>)")
     if settings.host not in LOOPBACK_HOSTS:
         click.echo(f"panel: WARNING bound to {settings.host}: reachable from the network, without TLS", err=True)
     # open event streams end once uvicorn has been told to exit (SIGINT/SIGTERM), so it stops cleanly
