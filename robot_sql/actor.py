@@ -88,7 +88,11 @@ class ActorLink(threading.Thread):
         for socket, address in ((self.data, self.data_address), (self.weights, weights_address)):
             socket.linger = 0
             socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # retry the learner at least once a second
-            secure_client(socket, *keys)
+            try:
+                secure_client(socket, *keys)
+            except ValueError as error:  # a key file without the keys it should hold
+                self.context.destroy(linger=0)
+                raise ConfigError(f"curve_secret_key / curve_server_key: {error}") from None
             socket.connect(address)  # returns at once; ZeroMQ connects (and reconnects) in the background
         self.weights.setsockopt(zmq.SUBSCRIBE, b"")
         self.control = self.authenticator = None

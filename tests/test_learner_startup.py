@@ -122,6 +122,15 @@ def test_a_key_file_without_keys_is_one_line_and_status_2(tmp_path):
     assert "curve_secret_key" in line and "learner.key_secret" in line, line
 
 
+def test_an_actor_key_file_without_keys_is_one_line_and_status_2(tmp_path):
+    for name in ("actor.key_secret", "learner.key"):
+        (tmp_path / name).write_text("not a key\n")
+    line = refuse(["actor", "--env", "MultiGoal-v0", "--control-bind", ""],
+                  ROBOT_SQL_ACTOR_CURVE_SECRET_KEY=str(tmp_path / "actor.key_secret"),
+                  ROBOT_SQL_ACTOR_CURVE_SERVER_KEY=str(tmp_path / "learner.key"))
+    assert "curve_secret_key" in line and "actor.key_secret" in line, line
+
+
 def test_an_unknown_variable_names_itself_and_the_settings(tmp_path):
     line = refuse(["learner", "--run-dir", str(tmp_path / "run")], ROBOT_SQL_LEARNER_BATCH_SIZE="-1")
     assert "CHECKPOINT_EVERY_S" in line and "UTD_RATIO" in line, line
