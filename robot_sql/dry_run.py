@@ -17,12 +17,33 @@ the usual ROBOT_SQL_* environment variables, which the children inherit. A new r
 is made under runs/ unless --run-dir names one; an existing one resumes (replay, checkpoint,
 weight versions, token).
 
-Supervision: one line when a child exits; a child that fails (non-zero exit) is reported with
-the end of its log and stops the dry run. Ctrl-C or SIGTERM stops the children (panel and
-actors first, the learner last so that it checkpoints), each with SIGTERM to its group, then
-SIGKILL after a grace period; a second Ctrl-C kills at once. A learner that the panel's Start
-launched (after its Stop) is stopped the same way. Children also get SIGTERM from
-the kernel if this process dies without cleaning up (Linux), so nothing is left behind.
+Supervision: the dry run restarts what dies instead of tearing down; only Ctrl-C, SIGTERM or
+--duration stops everything.
+  - A child that dies (kill -9 or another signal, or a non-zero exit status) is restarted after
+    1, 2, 4, 8, 16, then 30 s (the backoff starts again once a child has run for 60 s), each
+    restart said on one line: `learner died (signal SIGKILL) after 312 s; restarting it in 1 s
+    (attempt 1)`, then the end of its log for an exit status. Whatever the dead child left in its
+    process group is killed first.
+  - Exit status 0, or an end by SIGTERM or SIGINT, is a stop on purpose and is not restarted: a
+    learner stopped by the panel's Stop (or a control `stop`), a child sent `kill PID` by hand.
+    The panel's Start then starts a learner of its own for the run, outside the dry run's
+    children.
+  - One learner per run: it holds learner.lock (a second one exits 2 naming the holder). A
+    restart waits until no process of the dead learner is left, and stands aside, for good, if
+    another learner (the panel's Start) already serves the run.
+  - Actors ride through a learner's restart: they keep their unacknowledged transitions (up to
+    max_unacked_transitions) and resend them to the new learner, and meanwhile run on their last
+    weights or hold the arm (actor.yaml's on_link_loss, ROBOT_SQL_ACTOR_ON_LINK_LOSS). A killed
+    actor loses only its own unacknowledged transitions (those in memory); the panel's token
+    stays in panel.token, so its link keeps working after a restart.
+  - A child whose restarts keep dying, 9 in a row each within 60 s of its start (about 2.5
+    minutes with the backoff), is given up: one line with the end of its log, a reminder in every
+    status line, and exit status 1 at the end; the rest runs on.
+Ctrl-C or SIGTERM stops the children (panel and actors first, the learner last so that it
+checkpoints), each with SIGTERM to its group, then SIGKILL after a grace period; a second Ctrl-C
+kills at once. A learner that the panel's Start launched is stopped the same way. Children
+also get SIGTERM from the kernel if this process dies without cleaning up (Linux), so nothing
+is left behind.
 """
 from __future__ import annotations
 
@@ -48,6 +69,11 @@ ACTOR_CONTROL_OFFSET = 5  # actor i's control channel is on PORT + 5 + i (5560 b
 STOP_GRACE_S = 15.0  # per stage: the learner writes a final checkpoint
 STATUS_EVERY_S = 10.0
 LOG_TAIL_LINES = 15
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # before restart 1, 2, ...; the last one from then on
+RESTART_RESET_AFTER_S = 60.0  # a child that ran this long before dying starts the backoff again
+# a stop on purpose, not restarted (as systemd's Restart=on-failure, which also counts SIGHUP and SIGPIPE)
+CLEAN_EXITS = (0, -signal.SIGINT, -signal.SIGTERM)
+MAX_FAST_DEATHS = 10  # given up at this many deaths in a row, all but the first within RESTART_RESET_AFTER_S of a start
 PR_SET_PDEATHSIG = 1
 
 
@@ -57,8 +83,15 @@ class Child:
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     stage: int = 0  # stopped in decreasing stage order: 0 = last (the learner)
+    run_lock: Path | None = None  # the learner: the run directory whose learner.lock it takes
     process: subprocess.Popen | None = None
-    reported: bool = False
+    reported: bool = False  # this process's exit has been handled
+    started_at: float = 0.0
+    deaths: int = 0  # in a row, each soon after its start (the attempt number of the next restart)
+    restart_at: float | None = None  # monotonic time of a restart to come
+    waiting_for: set[int] = field(default_factory=set)  # leftover pids of the dead learner already named
+    given_up: bool = False
+    stood_aside_for: list[int] = field(default_factory=list)  # the learners (not ours) serving the run instead
 
 
 def _die_with_parent() -> None:
@@ -68,8 +101,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def restart_delay(attempt: int) -> float:
+    return RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S)) - 1]
+
+
 class Supervisor:
-    """Starts the children, reports their exits, and stops them all (see the module docstring)."""
+    """Starts the children, restarts those that die, and stops them all (see the module docstring)."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -79,13 +116,17 @@ class Supervisor:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, child: Child) -> None:
+        self._spawn(child)
+        self.children.append(child)
+
+    def _spawn(self, child: Child) -> None:
         with open(self.log_dir / f"{child.name}.log", "ab") as log:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} robot-sql {' '.join(child.args)}\n".encode())
             log.flush()
             child.process = subprocess.Popen(
                 [ROBOT_SQL, *child.args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **child.env}, preexec_fn=_die_with_parent)
-        self.children.append(child)
+        child.started_at, child.reported = time.monotonic(), False
         say(f"{child.name:<14} pid {child.process.pid:<7} log {self.log_dir / (child.name + '.log')}")
 
     def on_signal(self, signum: int, _frame) -> None:
@@ -96,26 +137,45 @@ class Supervisor:
             self._signal_all(signal.SIGKILL)
 
     def supervise(self, duration: float | None, status) -> int:
-        """Run until a signal, `duration`, a failed child, or all children gone; then stop. Exit status."""
+        """Run until a signal, `duration`, or nothing left to run; restart what dies; then stop. Exit status."""
         started = last_status = time.monotonic()
-        failed = False
         while self.stop_reason is None:
             time.sleep(0.2)
-            failed |= self._report_exits()
-            if failed:
-                self.stop_reason = "a child failed"
-            elif all(child.process.poll() is not None for child in self.children):
+            self._handle_exits()
+            self._restart_due()
+            if self._nothing_left():
                 self.stop_reason = "every child has exited"
             elif duration is not None and time.monotonic() - started >= duration:
                 self.stop_reason = f"--duration {duration:g} s reached"
             elif time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
-                say(status())
+                say(status() + self._notes())
         say(f"stopping ({self.stop_reason})")
         self.stop()
-        return 1 if failed or self.kill_now else 0
+        return 1 if self.kill_now or self.given_up() else 0
+
+    def given_up(self) -> list[str]:
+        return [child.name for child in self.children if child.given_up]
+
+    def _nothing_left(self) -> bool:
+        return (all(child.process.poll() is not None and child.reported and child.restart_at is None
+                    for child in self.children)
+                and not any(learners_of(child.run_lock) for child in self.children if child.run_lock is not None))
+
+    def _notes(self) -> str:
+        now, notes = time.monotonic(), []
+        for child in self.children:
+            if child.restart_at is not None:
+                notes.append(f"{child.name} restarts in {max(0.0, child.restart_at - now):.0f} s (attempt {child.deaths})")
+            elif child.given_up:
+                notes.append(f"{child.name} GIVEN UP after {child.deaths} deaths in a row, see its log")
+            elif child.stood_aside_for:
+                notes.append(f"{child.name}: pid {', '.join(map(str, child.stood_aside_for))} (not the dry run's) serves the run")
+        return "; " + "; ".join(notes) if notes else ""
 
     def stop(self) -> None:
+        for child in self.children:
+            child.restart_at = None
         for stage in sorted({child.stage for child in self.children}, reverse=True):
             group = [child for child in self.children if child.stage == stage and child.process.poll() is None]
             for child in group:
@@ -128,7 +188,10 @@ class Supervisor:
                     say(f"{child.name}: no exit {STOP_GRACE_S:g} s after SIGTERM; killing")
                     _signal_group(child, signal.SIGKILL)
                     child.process.wait()
-            self._report_exits(stopping=True)
+            for child in self.children:
+                if child.stage == stage and not child.reported:
+                    child.reported = True
+                    say(f"{child.name} exited ({describe_exit(child.process.returncode)})")
         for child in self.children:  # whatever a child left in its group (it exited, they may not have)
             _signal_group(child, signal.SIGKILL)
 
@@ -136,22 +199,66 @@ class Supervisor:
         for child in self.children:
             _signal_group(child, signum)
 
-    def _report_exits(self, stopping: bool = False) -> bool:
-        """One line per child that exited since the last call; True if one failed on its own."""
-        failed = False
+    def _handle_exits(self) -> None:
+        """One line per child that exited since the last call; a restart scheduled for one that died."""
+        now = time.monotonic()
         for child in self.children:
             code = child.process.poll()
             if code is None or child.reported:
                 continue
             child.reported = True
-            if code == 0 or (stopping and code in (-signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM)):
-                say(f"{child.name} exited ({describe_exit(code)})")
+            _signal_group(child, signal.SIGKILL)  # what it left in its group (a learner's would hold the lock)
+            if code in CLEAN_EXITS:
+                what = ("stopped on purpose (the panel's Stop or a control `stop`): not restarted; "
+                        "the panel's Start starts a learner again" if child.run_lock is not None
+                        else "stopped on purpose: not restarted")
+                say(f"{child.name} exited ({describe_exit(code)}); {what}")
+                continue
+            ran = now - child.started_at
+            child.deaths = 1 if ran >= RESTART_RESET_AFTER_S else child.deaths + 1
+            if child.deaths >= MAX_FAST_DEATHS:
+                child.given_up = True
+                say(f"{child.name} died ({describe_exit(code)}) after {ran:.0f} s; {child.deaths - 1} restarts in a row "
+                    f"have died within {RESTART_RESET_AFTER_S:g} s of their start: GIVEN UP, not restarted (the rest "
+                    f"runs on; Ctrl-C stops it); the end of its log:")
             else:
-                failed = not stopping
-                say(f"{child.name} FAILED ({describe_exit(code)}); the end of its log:")
+                delay = restart_delay(child.deaths)
+                child.restart_at = now + delay
+                say(f"{child.name} died ({describe_exit(code)}) after {ran:.0f} s; restarting it in {delay:g} s "
+                    f"(attempt {child.deaths})" + ("; the end of its log:" if code > 0 else ""))
+            if code > 0 or child.given_up:
                 for line in tail(self.log_dir / f"{child.name}.log", LOG_TAIL_LINES):
                     say(f"  | {line}")
-        return failed
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is None or now < child.restart_at or self.stop_reason is not None:
+                continue
+            if child.run_lock is not None:  # one learner per run: ours gone for good, and no other one there
+                learners = learners_of(child.run_lock)
+                leftovers = [pid for pid in learners if _process_group(pid) == child.process.pid]
+                if leftovers:  # SIGKILLed with its group: wait until they are gone (they hold the lock)
+                    if set(leftovers) - child.waiting_for:
+                        say(f"{child.name}: waiting for pid {', '.join(map(str, leftovers))} of the dead one to be gone")
+                        child.waiting_for.update(leftovers)
+                    _signal_group(child, signal.SIGKILL)
+                    continue
+                if learners:
+                    child.restart_at, child.stood_aside_for = None, learners
+                    say(f"{child.name}: not restarted: pid {', '.join(map(str, learners))} (started outside the dry "
+                        f"run, e.g. by the panel's Start) serves {child.run_lock}; it is stopped with the rest")
+                    continue
+            child.restart_at = None
+            child.waiting_for.clear()
+            self._spawn(child)
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _signal_group(child: Child, signum: int) -> None:
@@ -164,10 +271,13 @@ def describe_exit(code: int) -> str:
 
 
 def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines that the newest start of a child wrote to its log (after its ==== header)."""
     try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
+        text = path.read_text(errors="replace")
     except OSError:
         return []
+    header = text.rfind("\n==== ")
+    return (text[header + 1:].splitlines()[1:] if header >= 0 else text.splitlines())[-lines:]
 
 
 def say(message: str) -> None:
@@ -192,11 +302,11 @@ def new_run_dir() -> Path:
     return Path("runs") / time.strftime("dry-run-%Y%m%d-%H%M%S")
 
 
-def learner_status(address: str):
+def learner_status(address: str, token: str):
     """A one-line summary of the learner's status, for the periodic line."""
     from robot_sql.protocol import ControlClient, ControlError
 
-    client = ControlClient(address, timeout_s=1.0, sender="dry-run")
+    client = ControlClient(address, timeout_s=1.0, sender="dry-run", token=token)
 
     def line() -> str:
         try:
@@ -244,7 +354,7 @@ def stop_learner_started_by_panel(run_root: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def ros_children(actors: int, port: int, domain: int) -> list[Child]:
+def ros_children(actors: int, port: int, domain: int, token_file: Path) -> list[Child]:
     """sim-robot-i + actor-node-i on ROS domain domain+i (one simulated arm per domain)."""
     from robot_sql.ros_env import INSTALL, SIM_PROFILE, workspace_built
 
@@ -261,14 +371,16 @@ def ros_children(actors: int, port: int, domain: int) -> list[Child]:
             "actor-node", "--params-file", str(SIM_PROFILE), "--ros-args",
             "-p", f"actor.env:={ENV_ID}", "-p", f"actor.learner:=127.0.0.1:{port}", "-p", f"actor.name:=actor-node-{i}",
             "-p", f"actor.control_bind:=tcp://127.0.0.1:{port + ACTOR_CONTROL_OFFSET + i}", "-p", f"actor.seed:={i}",
+            "-p", f"actor.control_token_file:={token_file}",
         ], env, stage=2))
     return children
 
 
-def fast_children(actors: int, port: int) -> list[Child]:
+def fast_children(actors: int, port: int, token_file: Path) -> list[Child]:
     return [Child(f"actor-{i}", ["actor", "--config", str(CONFIGS / "actor.yaml"), "--learner", f"127.0.0.1:{port}",
                                  "--name", f"actor-{i}", "--control-bind",
-                                 f"tcp://127.0.0.1:{port + ACTOR_CONTROL_OFFSET + i}"],
+                                 f"tcp://127.0.0.1:{port + ACTOR_CONTROL_OFFSET + i}",
+                                 "--control-token-file", str(token_file)],
                   {"ROBOT_SQL_ACTOR_SEED": str(i)}, stage=2)
             for i in range(actors)]
 
@@ -297,17 +409,17 @@ def dry_run_command(run_dir: Path | None, actors: int, ros: bool, port: int, pan
         domain = ros_domain if ros_domain is not None else int(os.environ.get("ROS_DOMAIN_ID", "0"))
         if domain + actors - 1 > 232:
             raise ConfigError(f"ROS domains {domain}..{domain + actors - 1} go past 232 (Fast DDS's limit)")
-        arms = ros_children(actors, port, domain)
-    else:
-        arms = fast_children(actors, port)
-
     run_dir = run_dir or new_run_dir()
+    token_file = run_dir / "control.token"
+    arms = ros_children(actors, port, domain, token_file) if ros else fast_children(actors, port, token_file)
+
     resuming = run_dir.exists()
     run = RunDir.create(run_dir)
+    control_token, _ = run.token("control")  # before any child starts: the actors read it, the learner keeps it
     token = os.environ.get("ROBOT_SQL_PANEL_TOKEN") or load_or_create_token(run, None)[0]
     say(f"{'resuming' if resuming else 'new run directory'} {run.root}")
     learner = Child("learner", ["learner", "--run-dir", str(run.root), "--config", str(CONFIGS / "learner.yaml"),
-                                "--port", str(port)], stage=0)
+                                "--port", str(port)], stage=0, run_lock=run.root)
     panel = Child("panel", ["panel", "--run-dir", str(run.root), "--port", str(panel_port),
                             "--learner-control", f"tcp://127.0.0.1:{port + 2}",
                             *[arg for p in actor_ports for arg in ("--actor-control", f"tcp://127.0.0.1:{p}")]],
@@ -325,10 +437,11 @@ def dry_run_command(run_dir: Path | None, actors: int, ros: bool, port: int, pan
         where = "ROBOT_SQL_PANEL_TOKEN" if os.environ.get("ROBOT_SQL_PANEL_TOKEN") else run.root / "panel.token"
         say(f"token in {where}; scripts: curl -H 'Authorization: Bearer <token>' {url}api/status")
         say(f"training {ENV_ID} with {actors} {'ROS 2' if ros else 'in-process'} simulated arm(s); Ctrl-C stops everything")
-        code = supervisor.supervise(duration, learner_status(f"tcp://127.0.0.1:{port + 2}"))
+        code = supervisor.supervise(duration, learner_status(f"tcp://127.0.0.1:{port + 2}", control_token))
         stop_learner_started_by_panel(run.root)
     except BaseException:
         supervisor.stop()
         raise
-    say("all processes stopped" if code == 0 else "killed (second Ctrl-C)" if supervisor.kill_now else "stopped after a failure")
+    say("all processes stopped" if code == 0 else "killed (second Ctrl-C)" if supervisor.kill_now
+        else f"all processes stopped; given up before: {', '.join(supervisor.given_up())}")
     raise SystemExit(code)
