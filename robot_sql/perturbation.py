@@ -94,6 +94,15 @@ class PerturbationReport(BaseModel):
     spec: PerturbationSpec
     trials: list[TrialResult]
     summary: dict[str, float | None]
+    # aborted: an e-stop ended it; failed: the actor refused it or stopped answering. Neither has trials.
+    outcome: Literal["completed", "aborted", "failed"] = "completed"
+    reason: str | None = None
+
+
+def unfinished_report(spec: PerturbationSpec, outcome: Literal["aborted", "failed"], reason: str) -> dict[str, Any]:
+    """The report of a test that ended without results, kept like any other so that it is not forgotten."""
+    return PerturbationReport(created=time.time(), env="", spec=spec, trials=[], summary={},
+                              outcome=outcome, reason=reason).model_dump(mode="json")
 
 
 def summarize(trials: list[TrialResult]) -> dict[str, float | None]:

@@ -155,6 +155,65 @@ def test_stream_pushes_new_points_without_reload(panel):
         assert [point[2] for point in fresh] == [0.5]
 
 
+def stream_updates(panel, **request):
+    """(cursor, update) of each update of one /api/stream connection, until the caller stops."""
+    with httpx.stream("GET", f"{panel['base']}/api/stream", timeout=10, **request) as response:
+        assert response.status_code == 200, response.read()
+        cursor = None
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                cursor = line[4:]
+            elif line.startswith("data: "):
+                yield cursor, json.loads(line[6:])
+
+
+@pytest.mark.parametrize("resume_by", ["Last-Event-ID", "query"])
+def test_a_reconnected_stream_resumes_after_what_was_sent(panel, resume_by):
+    """The browser's reconnect sends the last update's id back: no curve point or event comes twice."""
+    headers = auth(panel["token"])
+    cursor, first = next(stream_updates(panel, headers=headers))
+    assert first["series"]["q_loss"] and first["events"]
+    store = MetricsStore(panel["run"].metrics)
+    store.log("learner", 60, {"q_loss": 0.25})
+    store.event("learner", "pause", "logged between the connections")
+    store.close()
+    resumed = (stream_updates(panel, headers={**headers, "Last-Event-ID": cursor}) if resume_by == "Last-Event-ID"
+               else stream_updates(panel, headers=headers, params={"resume": cursor}))
+    _, update = next(resumed)
+    resumed.close()
+    assert [point[2] for point in update["series"]["q_loss"]] == [0.25]
+    assert set(update["series"]) == {"q_loss"}  # the other curves had nothing new
+    assert [event[4] for event in update["events"]] == ["logged between the connections"]
+
+
+@pytest.mark.parametrize("cursor", ["not json", "[1]", '{"events": -1}', '{"events": 1e400}', '{"events": NaN}',
+                                    '{"series": {"q_loss": Infinity}}', '{"series": {"no_such_curve": 1.0}}',
+                                    '{"events": 1, "page": 2}', '{"events": "x" }', "x" * 5000])
+@pytest.mark.parametrize("sent_as", ["Last-Event-ID", "query"])
+def test_a_stream_cursor_the_panel_did_not_make_gets_422(panel, cursor, sent_as):
+    headers = auth(panel["token"])
+    request = {"headers": {**headers, "Last-Event-ID": cursor}} if sent_as == "Last-Event-ID" else \
+        {"headers": headers, "params": {"resume": cursor}}
+    response = httpx.get(f"{panel['base']}/api/stream", timeout=10, **request)
+    assert response.status_code == 422, response.text
+    strict_json(response.text)
+    assert httpx.get(f"{panel['base']}/api/stream", params={"resume": '{"events": 0}'}).status_code == 401
+
+
+def test_status_says_the_learner_is_down_when_it_never_answered(panel):
+    training = httpx.get(f"{panel['base']}/api/status", headers=auth(panel["token"])).json()["training"]
+    assert training == {"state": "learner down", "detail": "never answered"}
+
+
+def test_a_perturbation_test_is_refused_at_once_when_the_actor_does_not_answer(panel):
+    """Not "202 started" followed by a failure elsewhere: the page hears the refusal in its answer."""
+    response = httpx.post(f"{panel['base']}/api/perturbation", json={"kind": "wrench", "magnitude": 5},
+                          headers=auth(panel["token"]), timeout=10)
+    assert response.status_code == 503 and "did not answer 'status'" in response.json()["detail"]
+    status = httpx.get(f"{panel['base']}/api/status", headers=auth(panel["token"])).json()
+    assert status["perturbation"]["state"] == "idle"
+
+
 def test_commands_to_absent_processes_fail_loudly(panel):
     headers = auth(panel["token"])
     estop = httpx.post(f"{panel['base']}/api/estop", headers=headers, timeout=10)
@@ -329,9 +388,15 @@ def test_training_controls_drive_a_real_curve_learner_and_start_relaunches_it(tm
 
         assert client.post("/api/training/stop").json()["reply"] == {"stopping": True}
         assert learner.wait(30) == 0
+        wait_for(lambda: client.get("/api/status").json()["training"]["state"] == "stopped", 30, "the header's 'stopped'")
+        panel_events = [tuple(event[3:]) for event in client.get("/api/events").json() if event[2] == "panel"]
+        assert ("stopped", "learner stopped: it was told to stop") in panel_events  # not "lost"
+        assert not any(kind == "lost" for kind, _ in panel_events)
         started = client.post("/api/training/start").json()  # nothing answers: launch one for this run
         relaunched = started["pid"]
         assert started["started"] is True
+        training = client.get("/api/status").json()["training"]
+        assert training["state"] in ("starting", "running"), training  # "starting" until it answers
         wait_for(lambda: learner_state() == "running", 60, "the relaunched learner to answer")
         assert client.get("/api/status").json()["launched_learner_pid"] == relaunched
         events = [event[4] for event in client.get("/api/events").json()]

@@ -7,7 +7,8 @@ import robot_sql  # noqa: F401  (registers the envs)
 from robot_sql.panel.app import list_reports
 from robot_sql import sawyer
 from robot_sql.perturbation import (JOINT_LIMIT_MARGIN_RAD, MAX_DISPLACEMENT_RAD, PerturbationAborted,
-                                   PerturbationSpec, push, run_trials, save_report)
+                                   PerturbationSpec, push, run_trials, save_report,
+                                   unfinished_report)
 from robot_sql.rundir import RunDir
 from robot_sql.sim.scripted import DLSController
 
@@ -67,6 +68,16 @@ def test_reports_are_saved_and_listed(env, tmp_path):
     listed = list_reports(run)
     assert listed[0]["name"] == path.name and listed[0]["spec"]["seed"] == 7
     assert listed[0]["summary"]["trials"] == 1 and listed[0]["summary"]["max_deviation_m"] > 0
+    assert listed[0]["outcome"] == "completed"
+
+
+def test_an_unfinished_test_is_kept_as_a_report_that_says_so(tmp_path):
+    run = RunDir.create(tmp_path)
+    spec = PerturbationSpec(kind="wrench", magnitude=5.0, trials=20)
+    save_report(run, unfinished_report(spec, "aborted", "PerturbationAborted: aborted 1.20 s into an episode"))
+    listed = list_reports(run)
+    assert len(listed) == 1 and listed[0]["outcome"] == "aborted" and listed[0]["spec"]["trials"] == 20
+    assert listed[0]["reason"].startswith("PerturbationAborted") and listed[0]["summary"] == {}
 
 
 def test_an_abort_holds_the_arm_and_ends_the_test(env):

@@ -44,10 +44,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import click
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -59,7 +59,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from robot_sql import perturbation, sawyer
 from robot_sql.config import ConfigError, Settings, load_settings
-from robot_sql.perturbation import PerturbationSpec, save_report
+from robot_sql.perturbation import PerturbationSpec, save_report, unfinished_report
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir, TokenFileError
@@ -76,15 +76,22 @@ MAX_INTEGER = 2**63 - 1  # the largest integer SQLite and msgpack's signed integ
 # a perturbation test runs whole evaluation episodes on the actor; give it time
 PERTURBATION_TIMEOUT_S = 600.0
 
-# the live curves: metric name in the MetricsStore (as the learner and the actors log them)
-# -> title on the page and the number of points it is averaged over (episode successes are 0/1)
-CURVES: dict[str, tuple[str, int]] = {
-    "episode_return": ("Episode return", 1),
-    "episode_success": ("Success rate (last 20 episodes)", 20),
-    "q_loss": ("Q loss", 1),
-    "update_rate": ("Update rate (updates/s)", 1),
-    "actor_steps_per_s": ("Actor control rate (steps/s)", 1),
-    "weight_version": ("Weight version", 1),
+
+class Curve(NamedTuple):
+    title: str
+    window: int  # the number of points the plot averages over (episode successes are 0/1)
+    source: str  # "learner" or "actor": whose silence makes the curve stale
+    y_range: tuple[float, float] | None = None  # a fixed axis, else fitted to the data
+
+
+# the live curves: metric name in the MetricsStore (as the learner and the actors log them) -> how to plot it
+CURVES: dict[str, Curve] = {
+    "episode_return": Curve("Episode return", 1, "actor"),
+    "episode_success": Curve("Success rate (last 20 episodes)", 20, "actor", (0.0, 1.0)),
+    "q_loss": Curve("Q loss", 1, "learner"),
+    "update_rate": Curve("Update rate (updates/s)", 1, "learner"),
+    "actor_steps_per_s": Curve("Actor control rate (steps/s)", 1, "actor"),
+    "weight_version": Curve("Weight version", 1, "learner"),
 }
 
 
@@ -320,7 +327,8 @@ def list_reports(run: RunDir) -> list[dict]:
     for path, _ in files_newest_first(run.reports, "*.json"):
         try:
             report = json.loads(path.read_text())
-            out.append({"name": path.name, "created": report["created"], "spec": report["spec"], "summary": report["summary"]})
+            out.append({"name": path.name, "created": report["created"], "spec": report["spec"], "summary": report["summary"],
+                        "outcome": report.get("outcome", "completed"), "reason": report.get("reason")})
         except (OSError, ValueError, KeyError, TypeError) as error:
             out.append({"name": path.name, "error": f"unreadable report: {error}"})
     return out
@@ -369,6 +377,8 @@ class ProcessLink:
         self.last_reply_time: float | None = None
         self.answering = False
         self.last_error: str | None = None
+        self.stopping = False  # told to stop, or said so: its silence then is no loss
+        self.was_connected = False  # as the last poll found it: changes are events
 
     def call(self, command: str, timeout_s: float | None = None, **arguments) -> dict:
         try:
@@ -386,6 +396,8 @@ class ProcessLink:
         self.last_reply_time = time.time()
         self.answering = True
         self.last_error = None
+        if command == "stop" or reply.get("state") == "stopping":
+            self.stopping = True
         return reply
 
     def poll(self) -> None:
@@ -407,9 +419,13 @@ class ProcessLink:
 
 
 class Fleet:
-    """The learner and the actors the panel talks to, polled in a background thread."""
+    """The learner and the actors the panel talks to, polled in a background thread.
 
-    def __init__(self, settings: PanelSettings, control_token: str):
+    A process that starts or stops answering is an event, `record(kind, message)`: "up", and
+    "stopped" when it was told to stop (or said it was stopping), else "lost"."""
+
+    def __init__(self, settings: PanelSettings, control_token: str, record: Callable[[str, str], None]):
+        self.record = record
         self.interval_s = settings.poll_interval_s
         timeout_s = settings.control_timeout_s
         keys = (settings.curve_secret_key, settings.learner_public_key)
@@ -435,7 +451,21 @@ class Fleet:
         while not self._stop.is_set():
             for link in self.links:
                 link.poll()
+                self._note_change(link)
             self._stop.wait(self.interval_s)
+
+    def _note_change(self, link: ProcessLink) -> None:
+        health = link.health(self.interval_s)
+        if health["connected"] == link.was_connected:
+            return
+        link.was_connected = health["connected"]
+        if health["connected"]:
+            link.stopping = False
+            self.record("up", f"{link.name} answers ({link.address})")
+        elif link.stopping:
+            self.record("stopped", f"{link.name} stopped: it was told to stop")
+        else:
+            self.record("lost", f"{link.name} lost: no answer for {health['reply_age_s']:.0f} s ({link.last_error})")
 
     def actor(self, name: str | None) -> ProcessLink:
         if not self.actors:
@@ -492,6 +522,26 @@ class LearnerLauncher:
         return self.process.pid
 
 
+def training_state(fleet: Fleet, launcher: LearnerLauncher | None) -> dict[str, str]:
+    """What the page's header says about training: state (running, paused, stopping, starting,
+    stopped, learner down, no learner) and a line of detail."""
+    learner = fleet.learner
+    if learner is None:
+        return {"state": "no learner", "detail": "the panel was started without --learner-control"}
+    health = learner.health(fleet.interval_s)
+    if health["connected"] and learner.last_status:
+        return {"state": learner.last_status.get("state", "running"),
+                "detail": f"{learner.last_status.get('updates', '?')} updates"}
+    if launcher is not None and launcher.running():
+        return {"state": "starting", "detail": f"launched learner pid {launcher.process.pid}, waiting for it to answer"}
+    if learner.stopping:
+        return {"state": "stopped", "detail": "Start launches it again from its checkpoint"}
+    exited = launcher.process.returncode if launcher is not None and launcher.process is not None else None
+    return {"state": "learner down",
+            "detail": ("never answered" if health["reply_age_s"] is None else f"no answer for {health['reply_age_s']:.0f} s")
+            + (f"; the learner this panel started exited with status {exited} (learner.log)" if exited else "")}
+
+
 # ---------------------------------------------------------------------------- the web application
 
 
@@ -504,6 +554,30 @@ class ActorChoice(BaseModel):
     actor: str | None = None
 
 
+class StreamCursor(BaseModel):
+    """Where an event stream is: the id of the last event and the time of each curve's last point it
+    sent. Each update carries it as its SSE id, which the browser sends back as Last-Event-ID when
+    it reconnects: the new stream sends only what is newer (no curve or event twice)."""
+    model_config = ConfigDict(extra="forbid")
+    events: int = Field(0, ge=0, le=MAX_INTEGER)
+    series: dict[str, float] = {}
+
+    @field_validator("series")
+    @classmethod
+    def _known_curves(cls, series: dict[str, float]) -> dict[str, float]:
+        if unknown := sorted(set(series) - set(CURVES)):
+            raise ValueError(f"unknown curves {unknown}; known: {list(CURVES)}")
+        return series
+
+    @classmethod
+    def parse(cls, text: str | None) -> "StreamCursor":
+        """The cursor in `text` (none: from the start); 422 for anything but one this panel made."""
+        try:
+            return cls() if text is None else cls.model_validate(finite_json(text.encode()))
+        except ValueError as error:  # JSONDecodeError and ValidationError are ValueErrors
+            raise HTTPException(422, f"bad stream cursor (Last-Event-ID or resume): {error}") from None
+
+
 def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], bool] = lambda: False) -> FastAPI:
     """The panel application; `shutting_down()` tells open event streams to end (the server is stopping)."""
     run = RunDir.create(settings.run_dir)
@@ -512,7 +586,11 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         control_token, _ = run.token("control")  # made here when the panel is first; the learner keeps it
     except TokenFileError as error:
         raise ConfigError(str(error)) from None
-    fleet = Fleet(settings, control_token)
+
+    def record(kind: str, message: str) -> None:
+        store.event("panel", kind, message)
+
+    fleet = Fleet(settings, control_token, record)
     launcher = (LearnerLauncher(run, settings.learner_control, settings.learner_config)
                 if settings.learner_control and split_tcp(settings.learner_control)[0] in LOOPBACK_HOSTS else None)
     perturbation_job: dict = {"state": "idle"}
@@ -531,9 +609,6 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     app = FastAPI(title="robot-sql panel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(RequestGate, bound_host=settings.host)
     api = APIRouter(dependencies=[Depends(require_token)], route_class=FiniteJSONRoute)
-
-    def record(kind: str, message: str) -> None:
-        store.event("panel", kind, message)
 
     @app.get("/health")
     def health() -> dict:
@@ -562,7 +637,7 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     def overview() -> dict:
         return {
             "run_dir": str(run.root),
-            "curves": CURVES,
+            "curves": {name: curve._asdict() for name, curve in CURVES.items()},
             "joints": {"names": list(sawyer.JOINT_NAMES), "lower": sawyer.POSITION_LOWER.tolist(),
                        "upper": sawyer.POSITION_UPPER.tolist()},
             "links": list(sawyer.LINK_NAMES),
@@ -573,7 +648,7 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         }
 
     def status() -> dict:
-        return {**fleet.health(), "perturbation": dict(perturbation_job),
+        return {**fleet.health(), "training": training_state(fleet, launcher), "perturbation": dict(perturbation_job),
                 "launched_learner_pid": launcher.process.pid if launcher and launcher.running() else None}
 
     api.get("/api/overview")(overview)
@@ -618,29 +693,32 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @api.get("/api/stream")
-    async def stream(request: Request):
-        """Server-sent events: one `update` per poll interval with new curve points, events, status and lists."""
+    async def stream(request: Request, resume: str | None = Query(None, max_length=4096),
+                     last_event_id: str | None = Header(None, max_length=4096)):
+        """Server-sent events: one `update` per poll interval with new curve points, events, status and
+        lists, from where a StreamCursor says (Last-Event-ID from the browser's reconnect, else `resume`)."""
+        cursor = StreamCursor.parse(last_event_id or resume)
 
         async def updates():
-            since = dict.fromkeys(CURVES, 0.0)
-            after = 0
             while not shutting_down() and not await request.is_disconnected():
-                update = await asyncio.to_thread(collect, since, after)
-                if update["events"]:
-                    after = update["events"][-1][0]
-                yield f"event: update\ndata: {json.dumps(update)}\n\n"
+                update = await asyncio.to_thread(collect, cursor)
+                yield f"id: {cursor.model_dump_json()}\nevent: update\ndata: {json.dumps(update)}\n\n"
                 await asyncio.sleep(settings.poll_interval_s)
 
         return StreamingResponse(updates(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    def collect(since: dict[str, float], after: int) -> dict:
+    def collect(cursor: StreamCursor) -> dict:
+        """What is new since `cursor`, which moves past it."""
         points = {}
         for name in CURVES:
-            rows = store.series(name, since[name], limit=2000)
+            rows = store.series(name, cursor.series.get(name, 0.0), limit=2000)
             if rows:
-                since[name] = rows[-1][0]
+                cursor.series[name] = rows[-1][0]
                 points[name] = rows
-        return {"series": points, "events": store.events(after, limit=200), "status": status(),
+        events = store.events(cursor.events, limit=200)
+        if events:
+            cursor.events = events[-1][0]
+        return {"series": points, "events": events, "status": status(),
                 "checkpoints": list_checkpoints(run)[:20], "reports": list_reports(run)[:50]}
 
     # ---- training, through the learner
@@ -725,9 +803,16 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
 
     @api.post("/api/perturbation", status_code=202)
     def start_perturbation(request_body: PerturbationRequest) -> dict:
-        """Start a perturbation test on one actor; its report appears in /api/reports when done."""
+        """Start a perturbation test on one actor; its report appears in /api/reports when it ends
+        (completed, aborted by an e-stop, or failed). Refused (409) while the actor is e-stopped."""
         link = fleet.actor(request_body.actor)
         spec = PerturbationSpec(**request_body.model_dump(exclude={"actor"}))
+        try:  # the actor refuses too, but only in the test's thread: the page must hear it now
+            estopped = link.call("status").get("estopped")
+        except LinkError as error:
+            raise HTTPException(error.http_status, str(error)) from None
+        if estopped:
+            raise HTTPException(409, f"{link.name} is e-stopped: re-arm before a perturbation test")
         with job_lock:
             if perturbation_job.get("state") == "running":
                 raise HTTPException(409, "a perturbation test is already running")
@@ -736,11 +821,13 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
 
         def run_test() -> None:
             try:
-                reply = link.call("perturb", timeout_s=PERTURBATION_TIMEOUT_S, **spec.model_dump())
-                path = save_report(run, reply)
+                path = save_report(run, link.call("perturb", timeout_s=PERTURBATION_TIMEOUT_S, **spec.model_dump()))
             except (LinkError, ValidationError) as error:
-                perturbation_job.update(state="failed", error=str(error))
-                record("perturbation", f"{spec.kind} test on {link.name} failed: {error}")
+                # the actor names the exception that ended the test; PerturbationAborted is an e-stop's
+                outcome = "aborted" if "PerturbationAborted" in str(error) else "failed"
+                path = save_report(run, unfinished_report(spec, outcome, str(error)))
+                perturbation_job.update(state=outcome, error=str(error), report=path.name)
+                record("perturbation", f"{spec.kind} test on {link.name} {outcome}: {error}")
             else:
                 perturbation_job.update(state="done", report=path.name)
                 record("perturbation", f"{spec.kind} test on {link.name} done: reports/{path.name}")

@@ -4,7 +4,15 @@
 
 const $ = (selector) => document.querySelector(selector);
 const plots = {};
+const marks = [];  // [time, label] of events drawn on every curve
 let overview = null;
+let launchedPid = null;  // a learner Start launched, until it answers
+
+// events drawn as marks on the curves: "source kind" -> label
+const MARKS = {
+  "learner start": "learner start", "learner pause": "pause", "learner resume": "resume",
+  "learner stopped": "stopped", "panel estop": "e-stop", "panel rearm": "re-arm", "panel lost": "lost",
+};
 
 function showMessage(text, isError) {
   const box = $("#message");
@@ -85,12 +93,13 @@ function renderHealth(status) {
   body.innerHTML = "";
   for (const [kind, link] of rows) {
     const row = document.createElement("tr");
+    row.className = link.connected ? "" : "stale";
     const rejected = link.status ? countAll(kind === "learner" ? link.status.rejected : link.status.learner_errors) : "–";
     const cells = [
       `${link.name} (${link.address})`,
       link.connected ? "yes" : "no",
       link.reply_age_s === null ? "never" : `${link.reply_age_s.toFixed(1)} s`,
-      link.connected || !link.status ? processState(link.status) : `last known: ${processState(link.status)}`,
+      link.connected || !link.status ? processState(link.status) : `stale, last known: ${processState(link.status)}`,
       rejected,
       link.error || detail(kind, link.status, learnerSeen),
     ];
@@ -102,23 +111,61 @@ function renderHealth(status) {
     });
     body.appendChild(row);
   }
+  renderSafety(status.actors);
   renderArm(status.actors);
+  renderTraining(status.training);
+  renderStale(status);
+}
+
+// e-stopped (as any actor last reported): a banner across the page, which turns red
+function renderSafety(actors) {
+  const stopped = actors.filter((link) => link.status && link.status.estopped);
+  const banner = $("#estop-banner");
+  banner.hidden = !stopped.length;
+  document.body.classList.toggle("estopped", stopped.length > 0);
+  banner.querySelector("span").textContent = stopped
+    .map((link) => `${link.name} holds the arm until re-armed${link.connected ? "" : " (last known: not answering)"}`)
+    .join("; ");
+  const badge = $("#arm-state");
+  const connected = actors.filter((link) => link.connected && link.status);
+  if (stopped.length) [badge.textContent, badge.className] = ["arm: E-STOPPED, holding", "badge bad"];
+  else if (!connected.length) [badge.textContent, badge.className] = ["arm: no actor connected", "badge bad"];
+  else [badge.textContent, badge.className] = ["arm: running", "badge ok"];
 }
 
 function renderArm(actors) {
-  const badge = $("#arm-state");
-  const known = actors.filter((link) => link.connected && link.status);
-  if (!known.length) {
-    badge.textContent = "arm: no actor connected";
-    badge.className = "badge bad";
-    return;
-  }
-  const stopped = known.some((link) => link.status.estopped);
-  badge.textContent = stopped ? "arm: E-STOPPED, holding" : "arm: running";
-  badge.className = stopped ? "badge bad" : "badge ok";
-  const arm = known[0].status;
-  if (typeof arm.position_error === "number") $("#ee-error").textContent = `end-effector error to target: ${(arm.position_error * 100).toFixed(1)} cm`;
-  if (Array.isArray(arm.joint_positions)) renderJoints(arm.joint_positions);
+  const arm = actors.find((link) => link.status);
+  if (!arm) return;
+  const status = arm.status;
+  if (typeof status.position_error === "number") $("#ee-error").textContent = `end-effector error to target: ${(status.position_error * 100).toFixed(1)} cm`;
+  if (Array.isArray(status.joint_positions)) renderJoints(status.joint_positions);
+}
+
+const TRAINING_BADGE = { running: "ok", paused: "warn", stopping: "warn", stopped: "warn", starting: "warn", "learner down": "bad" };
+
+function renderTraining(training) {
+  const badge = $("#training-state");
+  badge.textContent = `training: ${training.state}`;
+  badge.title = training.detail;
+  badge.className = `badge ${TRAINING_BADGE[training.state] || ""}`;
+  const start = $("button[data-training=start]");
+  start.disabled = training.state === "starting";
+  if (launchedPid === null) return;
+  if (training.state === "starting") showMessage(`starting: ${training.detail} …`, false);
+  else if (training.state === "learner down") showMessage(`the launched learner (pid ${launchedPid}) is not answering: ${training.detail}`, true);
+  else showMessage(`learner pid ${launchedPid} answers: training ${training.state}`, false);
+  if (training.state !== "starting") launchedPid = null;
+}
+
+// values whose source stopped answering are greyed and say so
+function renderStale(status) {
+  const down = {
+    learner: status.learner && !status.learner.connected ? "learner not answering" : null,
+    actor: status.actors.length && !status.actors.some((link) => link.connected) ? "no actor answering" : null,
+  };
+  for (const plot of Object.values(plots)) plot.setStale(down[plot.curve.source]);
+  $("#arm").classList.toggle("stale", Boolean(down.actor));
+  $("#arm .stale-note").textContent = down.actor ? `(stale: ${down.actor}; last known values)` : "";
 }
 
 function renderJoints(positions) {
@@ -149,9 +196,13 @@ function renderReports(reports) {
     const row = document.createElement("tr");
     const s = report.summary || {};
     const spec = report.spec || {};
+    const percent = (rate) => `${Math.round(100 * rate)} %`;
     const cells = report.error
-      ? [report.name, report.error, "", "", "", "", ""]
-      : [report.name, spec.kind, spec.magnitude, s.trials, `${Math.round(100 * s.success_rate)} %`,
+      ? [report.name, report.error, "", "", "", "", "", "", ""]
+      : report.outcome !== "completed"
+      ? [report.name, spec.kind, spec.magnitude, spec.trials, `${report.outcome}: ${report.reason}`, "–", "–", "–", "–"]
+      : [report.name, spec.kind, spec.magnitude, s.trials, "completed",
+         `${percent(s.success_rate)} / ${percent(s.reference_success_rate)}`, percent(s.recovered_rate),
          s.mean_recovery_s === null ? "never" : formatNumber(s.mean_recovery_s), formatNumber(s.max_deviation_m)];
     for (const text of cells) {
       const cell = document.createElement("td");
@@ -171,7 +222,7 @@ function renderReports(reports) {
 function renderPerturbation(job) {
   const box = $("#perturb-state");
   if (job.state === "running") box.textContent = `running a ${job.spec.kind} test on ${job.actor}…`;
-  else if (job.state === "failed") box.textContent = `last test failed: ${job.error}`;
+  else if (job.state === "failed" || job.state === "aborted") box.textContent = `last test ${job.state}: ${job.error}`;
   else if (job.state === "done") box.textContent = `last test done: ${job.report}`;
   else box.textContent = "";
 }
@@ -189,37 +240,49 @@ function renderCheckpoints(checkpoints) {
 
 function appendEvents(events) {
   const list = $("#events");
-  for (const [, time, source, kind, message] of events) {
+  for (const [id, time, source, kind, message] of events) {
     const item = document.createElement("li");
+    item.dataset.id = id;
     item.textContent = `${new Date(time * 1000).toLocaleTimeString()} ${source} ${kind}: ${message}`;
     list.appendChild(item);
+    const mark = MARKS[`${source} ${kind}`];
+    if (mark) marks.push([time, mark]);
   }
   if (events.length) list.scrollTop = list.scrollHeight;
 }
 
 let frameRefresh = 0;
+// The arm as an actor reports it. The next picture is asked for only once this one has loaded or
+// failed: a render that takes longer than the pause is never cancelled by the next request.
 function refreshFrame() {
-  // the newest rendered frame of the simulated scene, if the run has one
   const image = $("#frame");
-  image.onload = () => (image.hidden = false);
-  image.onerror = () => (image.hidden = true);
+  image.onload = () => { image.hidden = false; setTimeout(refreshFrame, 250); };
+  image.onerror = () => { image.hidden = true; setTimeout(refreshFrame, 2000); };
   image.src = `/api/frame?n=${frameRefresh++}`;
 }
 
 // ---- the stream --------------------------------------------------------------------------------
 
+// Each update's id says where the stream is; the browser's own reconnect sends it back (Last-Event-ID)
+// and the panel continues from there. Only if the browser gives up (an error status) does this reconnect.
+let streamCursor = "";
 function connect() {
-  const source = new EventSource("/api/stream");
+  const source = new EventSource(`/api/stream${streamCursor && "?resume=" + encodeURIComponent(streamCursor)}`);
   source.addEventListener("open", () => { $("#stream-state").textContent = "live"; $("#stream-state").className = "badge ok"; });
-  source.addEventListener("error", () => { $("#stream-state").textContent = "reconnecting"; $("#stream-state").className = "badge bad"; });
+  source.addEventListener("error", () => {
+    $("#stream-state").textContent = "reconnecting";
+    $("#stream-state").className = "badge bad";
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+  });
   source.addEventListener("update", (event) => {
+    streamCursor = event.lastEventId;
     const update = JSON.parse(event.data);
+    appendEvents(update.events);  // first: their marks go on the curves
     for (const [name, points] of Object.entries(update.series)) plots[name].extend(points);
     renderHealth(update.status);
     renderPerturbation(update.status.perturbation);
     renderReports(update.reports);
     renderCheckpoints(update.checkpoints);
-    appendEvents(update.events);
   });
 }
 
@@ -231,11 +294,11 @@ async function main() {
   }
   overview = await response.json();
   $("#run-dir").textContent = overview.run_dir;
-  for (const [name, [title, window]] of Object.entries(overview.curves)) {
+  for (const [name, curve] of Object.entries(overview.curves)) {
     const canvas = document.createElement("canvas");
     canvas.dataset.curve = name;
     $("#plots").appendChild(canvas);
-    plots[name] = new LinePlot(canvas, title, window);
+    plots[name] = new LinePlot(canvas, curve, marks);
     plots[name].draw();
   }
   for (const link of overview.links) $("#perturb-form [name=link]").add(new Option(link, link, link === "right_l6", link === "right_l6"));
@@ -251,8 +314,15 @@ async function main() {
   showKind("wrench");
 
   button("#estop", "/api/estop", {}, () => "E-STOP sent: every actor holds the arm until re-armed");
-  button("#rearm", "/api/rearm", {}, () => "re-armed");
-  button("[data-training]", (element) => `/api/training/${element.dataset.training}`);
+  // re-arming lets the arm move: it takes a second, deliberate click in a dialog that says so
+  $("#rearm").addEventListener("click", () => $("#rearm-dialog").showModal());
+  button("#rearm-confirm", "/api/rearm", {}, () => "re-armed: the arm moves again");
+  button("[data-training]:not([data-training=start])", (element) => `/api/training/${element.dataset.training}`);
+  button("button[data-training=start]", "/api/training/start", {}, (reply) => {
+    if (!reply.started) return "resumed the learner";
+    launchedPid = reply.pid;
+    return `starting: launched learner pid ${reply.pid}, waiting for it to answer …`;
+  });
   button("#reset-episode", "/api/episode/reset", {});
   $("#perturb-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -260,8 +330,8 @@ async function main() {
     const spec = { kind: form.get("kind"), magnitude: Number(form.get("magnitude")), trials: Number(form.get("trials")) };
     if (spec.kind === "wrench") Object.assign(spec, { link: form.get("link"), duration_s: Number(form.get("duration_s")) });
     try {
-      await post("/api/perturbation", spec);
-      showMessage(`perturbation test started (${spec.trials} trials)`, false);
+      const reply = await post("/api/perturbation", spec);
+      showMessage(`perturbation test started on ${reply.actor} (${spec.trials} trials)`, false);
     } catch (error) {
       showMessage(error.message, true);
     }
@@ -269,7 +339,6 @@ async function main() {
   window.addEventListener("resize", () => Object.values(plots).forEach((plot) => plot.draw()));
   connect();
   refreshFrame();
-  setInterval(refreshFrame, 2000);
 }
 
 main();
