@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,3 +95,54 @@ def run_token(run_dir: Path) -> str:
     from robot_sql.rundir import RunDir
 
     return RunDir.create(run_dir).token("control")[0]
+
+
+class BreakableProxy:
+    """A TCP relay on a free loopback port in front of `upstream_port`, for browser tests: `drop()`
+    cuts every open connection (the page's event stream with them), and a request whose bytes start
+    with `slow_prefix` waits `delay_s` before it is passed on (a slow render on a busy machine)."""
+
+    def __init__(self, upstream_port: int, slow_prefix: bytes = b"", delay_s: float = 0.0):
+        self.upstream_port, self.slow_prefix, self.delay_s = upstream_port, slow_prefix, delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                browser, _ = self.listener.accept()
+                panel = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return  # closed
+            with self.lock:
+                self.sockets += [browser, panel]
+            threading.Thread(target=self._pump, args=(browser, panel, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(panel, browser, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, from_browser: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if from_browser and self.slow_prefix and data.startswith(self.slow_prefix):
+                    time.sleep(self.delay_s)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for end in sockets:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop()

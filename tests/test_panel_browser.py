@@ -1,7 +1,10 @@
-"""The panel in headless Chromium: start training on the simulated arm, watch a curve grow, run a
-perturbation test, press e-stop and see the arm hold (leaves test-artifacts/panel.png); a page on
-another port of the host cannot pause training through the login cookie."""
+"""The panel in headless Chromium: start training on the simulated arm, watch the curves grow and
+survive a dropped event stream, see the arm under slow renders, run perturbation tests (one
+aborted by an e-stop), see the e-stop at 1280 and 390 px wide (screenshots: the test's tmp_path,
+and $ROBOT_SQL_ARTIFACTS when set), re-arm through its confirmation, kill the learner and see its
+values go stale; a page on another port of the host cannot pause training through the login cookie."""
 import http.server
+import os
 import shutil
 import threading
 import time
@@ -13,9 +16,9 @@ import yaml
 
 from robot_sql.rundir import RunDir
 from tests.conftest import require
-from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
+from tests.panel_support import (ROBOT_SQL, BreakableProxy, free_port, free_port_block, kill_pid, start, stop, wait_for,
+                                 wait_healthy)
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TOKEN = "browser-test-token-0123456789abcdef"
 SMALL_SQL = {"hidden_sizes": [32, 32], "batch_size": 32, "kernel_particles": 8, "value_particles": 8}
 
@@ -47,11 +50,15 @@ def simulated_run(tmp_path):
     actor = start([ROBOT_SQL, "actor", "--config", str(tmp_path / "actor.yaml"), "--name", "sim-arm"],
                   tmp_path / "actor.out")
     api = httpx.Client(base_url=f"http://127.0.0.1:{panel_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    # the browser goes through it: every arm picture takes 2.5 s, longer than the old 2 s refresh
+    proxy = BreakableProxy(panel_port, slow_prefix=b"GET /api/frame", delay_s=2.5)
     launched = []
     try:
         wait_healthy(str(api.base_url).rstrip("/"), panel, tmp_path / "panel.out")
-        yield {"api": api, "launched": launched, "actor": actor, "actor_log": tmp_path / "actor.out"}
+        yield {"api": api, "launched": launched, "actor": actor, "actor_log": tmp_path / "actor.out", "proxy": proxy,
+               "page_url": f"http://127.0.0.1:{proxy.port}"}
     finally:
+        proxy.close()
         pid = api.get("/api/status").json()["launched_learner_pid"] if panel.poll() is None else None
         stop(actor)
         stop(panel)
@@ -59,7 +66,31 @@ def simulated_run(tmp_path):
             kill_pid(learner)
 
 
-def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    """What the operator sees at the top of the page, in the test's tmp_path and in $ROBOT_SQL_ARTIFACTS when set."""
+    path = tmp_path / name
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path))
+    if os.environ.get("ROBOT_SQL_ARTIFACTS"):
+        folder = Path(os.environ["ROBOT_SQL_ARTIFACTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / name)
+
+
+def estop_inside_viewport(page) -> bool:
+    box, viewport = page.locator("#estop").bounding_box(), page.viewport_size
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+            and box["y"] + box["height"] <= viewport["height"])
+
+
+def no_duplicates(page) -> bool:
+    """Every curve's times strictly increase and no event row comes twice (what a replayed history breaks)."""
+    return page.evaluate("""() => Object.values(plots).every((plot) => plot.xs.every((x, i) => i === 0 || x > plot.xs[i - 1]))
+        && new Set([...document.querySelectorAll('#events li')].map((item) => item.dataset.id)).size
+           === document.querySelectorAll('#events li').length""")
+
+
+def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     api = simulated_run["api"]
@@ -69,47 +100,112 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run):
             raise AssertionError(f"the actor exited:\n{simulated_run['actor_log'].read_text()[-3000:]}")
         return api.get("/api/status").json()["actors"][0]
 
+    def run_perturbation(trials: int) -> None:
+        page.select_option("#perturb-form [name=kind]", "wrench")
+        page.fill("#perturb-form [name=magnitude]", "30")
+        page.fill("#perturb-form [name=trials]", str(trials))
+        page.click("#perturb-form button[type=submit]")
+
     wait_for(lambda: actor_status()["connected"], 60, "the actor's control channel")
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1250})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            base = simulated_run["page_url"]
             outside = []
-            page.on("request", lambda request: outside.append(request.url)
-                    if not request.url.startswith(str(api.base_url).rstrip("/")) else None)
-            page.goto(f"{api.base_url}?token={TOKEN}")
+            page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(base) else None)
+            page.goto(f"{base}/?token={TOKEN}")
             expect(page.locator("#stream-state")).to_have_text("live", timeout=15_000)
+            expect(page.locator("#training-state")).to_have_text("training: learner down", timeout=15_000)
 
+            # Start: progress until the learner answers
             page.click("button[data-training=start]")
-            expect(page.locator("#message")).to_contain_text("/api/training/start: ok", timeout=15_000)
+            expect(page.locator("#message")).to_contain_text("launched learner pid", timeout=15_000)
             simulated_run["launched"].append(api.get("/api/status").json()["launched_learner_pid"])
+            expect(page.locator("#training-state")).to_have_text("training: running", timeout=90_000)
+            expect(page.locator("#message")).to_contain_text("answers: training running")
             page.wait_for_function("plots.q_loss.length >= 3 && plots.episode_return.length >= 1", timeout=90_000)
-            points = page.evaluate("plots.q_loss.length")
-            page.wait_for_function(f"plots.q_loss.length > {points}", timeout=30_000)  # still growing, no reload
 
-            page.select_option("#perturb-form [name=kind]", "wrench")
-            page.fill("#perturb-form [name=magnitude]", "30")
-            page.fill("#perturb-form [name=trials]", "3")
-            page.click("#perturb-form button[type=submit]")
+            # the arm appears although every picture takes longer than the old refresh period
+            expect(page.locator("#frame")).to_be_visible(timeout=30_000)
+
+            # the event stream is cut: the browser reconnects and the curves go on without a replay
+            events_before = page.locator("#events li").count()
+            points = page.evaluate("plots.q_loss.length")
+            simulated_run["proxy"].drop()
+            expect(page.locator("#stream-state")).to_have_text("reconnecting", timeout=10_000)
+            expect(page.locator("#stream-state")).to_have_text("live", timeout=30_000)
+            page.wait_for_function(f"plots.q_loss.length > {points}", timeout=30_000)
+            assert no_duplicates(page)
+            assert page.locator("#events li").count() < 2 * events_before
+            assert page.evaluate("plots.q_loss.length") <= len(api.get("/api/series/q_loss").json())
+
+            # a completed perturbation test, then one that an e-stop aborts
+            run_perturbation(2)
+            expect(page.locator("#message")).to_contain_text("perturbation test started on actor-0")
             report_row = page.locator("#reports tbody tr").first
-            expect(report_row).to_contain_text("wrench", timeout=60_000)
-            expect(report_row.locator("td").nth(3)).to_have_text("3")
+            expect(report_row.locator("td").nth(4)).to_have_text("completed", timeout=90_000)
+            expect(report_row.locator("td").nth(3)).to_have_text("2")
+            expect(report_row.locator("td").nth(5)).to_contain_text("/")  # success pushed / untouched
             report_row.click()
             expect(page.locator("#report-detail")).to_contain_text("max_deviation_m")
+            run_perturbation(20)
+            expect(page.locator("#perturb-state")).to_contain_text("running", timeout=15_000)
+            wait_for(lambda: actor_status()["status"]["perturbing"], 30, "the actor to run the test")
 
+            # e-stop: the banner, the red page, the header, at 1280 and at 390 px, E-STOP always in view
             page.click("#estop")
-            expect(page.locator("#arm-state")).to_contain_text("E-STOPPED", timeout=10_000)
+            expect(page.locator("#estop-banner")).to_be_visible(timeout=10_000)
+            expect(page.locator("#estop-banner")).to_contain_text("actor-0 holds the arm until re-armed")
+            expect(page.locator("#arm-state")).to_contain_text("E-STOPPED")
+            expect(page.locator("body")).to_have_class("estopped")
+            expect(page.locator("#training-state")).to_have_text("training: running")
             held = actor_status()["status"]
             assert held["estopped"] and held["holding"]
-            page.wait_for_timeout(1000)
-            assert actor_status()["status"]["steps"] == held["steps"]  # no control steps while held
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "panel.png"), full_page=True)
+            expect(report_row.locator("td").nth(4)).to_contain_text("aborted", timeout=30_000)
+            assert page.evaluate("document.querySelector('#training').scrollWidth <= document.querySelector('#training').clientWidth")
+            assert estop_inside_viewport(page)
+            screenshot(page, tmp_path, "panel-1280.png")
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            assert estop_inside_viewport(page)
+            expect(page.locator("#estop-banner")).to_be_in_viewport()
+            expect(page.locator("#training-state")).to_be_in_viewport()
+            screenshot(page, tmp_path, "panel-390.png")
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_timeout(300)
+            assert estop_inside_viewport(page)  # sticky
+            expect(page.locator("#estop-banner")).to_be_in_viewport()
+            page.set_viewport_size({"width": 1280, "height": 800})
 
+            # while e-stopped a perturbation test is refused, and the page says so (not "started")
+            run_perturbation(3)
+            expect(page.locator("#message")).to_contain_text("e-stopped: re-arm before a perturbation test", timeout=10_000)
+
+            # re-arm takes a confirmation that says what will happen; cancelling leaves the arm held
             page.click("#rearm")
+            expect(page.locator("#rearm-dialog")).to_be_visible()
+            expect(page.locator("#rearm-dialog")).to_contain_text("moves again")
+            page.wait_for_timeout(1000)
+            assert actor_status()["status"]["estopped"]
+            page.click("#rearm-dialog button[value=cancel]")
+            expect(page.locator("#rearm-dialog")).to_be_hidden()
+            page.wait_for_timeout(1000)
+            assert actor_status()["status"]["estopped"]
+            page.click("#rearm")
+            page.click("#rearm-confirm")
             expect(page.locator("#arm-state")).to_contain_text("running", timeout=10_000)
+            expect(page.locator("#estop-banner")).to_be_hidden()
             page.click("#reset-episode")
             expect(page.locator("#message")).to_contain_text("/api/episode/reset: ok", timeout=10_000)
+
+            # the learner dies: "learner lost", its values greyed and marked stale
+            kill_pid(simulated_run["launched"][0])
+            expect(page.locator("#training-state")).to_have_text("training: learner down", timeout=20_000)
+            expect(page.locator("#events")).to_contain_text("learner lost")
+            expect(page.locator("#health tbody tr").first).to_have_class("stale")
+            expect(page.locator("canvas[data-curve=q_loss]")).to_have_class("stale")
+            expect(page.locator("canvas[data-curve=episode_return]")).not_to_have_class("stale")
             assert outside == [], f"the page fetched from outside: {outside}"
         finally:
             browser.close()
