@@ -416,7 +416,7 @@ def dry_run_command(run_dir: Path | None, actors: int, ros: bool, port: int, pan
     resuming = run_dir.exists()
     run = RunDir.create(run_dir)
     control_token, _ = run.token("control")  # before any child starts: the actors read it, the learner keeps it
-    token = os.environ.get("ROBOT_SQL_PANEL_TOKEN") or load_or_create_token(run, None)[0]
+    token, _ = load_or_create_token(run, os.environ.get("ROBOT_SQL_PANEL_TOKEN"))  # a short one: one line, exit 2
     say(f"{'resuming' if resuming else 'new run directory'} {run.root}")
     learner = Child("learner", ["learner", "--run-dir", str(run.root), "--config", str(CONFIGS / "learner.yaml"),
                                 "--port", str(port)], stage=0, run_lock=run.root)

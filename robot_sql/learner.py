@@ -50,7 +50,7 @@ from robot_sql.protocol import (MAX_STATS_VALUES, STATS_NAMES, ProtocolError, Re
                                 check_transitions, control_check, encode, secure_server, session_tag,
                                 start_authenticator)
 from robot_sql.replay_store import ReplayStore
-from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, TokenFileError, atomic_write_bytes
+from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import check_box_spaces, make_sql_config, preset
@@ -138,10 +138,7 @@ class Learner:
         self.weights_socket = self._bind(zmq.XPUB, 1, "weights", set())
         self.weights_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber reaches us: send it the latest weights
         self.weights_counter = RejectCounter("weights")
-        try:
-            token, _ = self.rundir.token("control")
-        except TokenFileError as error:
-            raise ConfigError(str(error)) from None
+        token, _ = self.rundir.token("control")
         self.control = self._bind(zmq.ROUTER, 2, "control", {"request"}, control_check(token))
 
     def _load(self, run: RunDir, settings: LearnerSettings) -> None:

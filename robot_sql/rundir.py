@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from robot_sql.config import ConfigError
+
 
 class RunDirLocked(RuntimeError):
     """Another live process holds the lock a process needs on the run directory."""
 
 
-class TokenFileError(ValueError):
+class TokenFileError(ConfigError):
     """A token file that cannot serve as a credential (unreadable, empty, readable by others)."""
 
 
