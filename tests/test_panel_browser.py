@@ -163,7 +163,11 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             held = actor_status()["status"]
             assert held["estopped"] and held["holding"]
             expect(report_row.locator("td").nth(4)).to_contain_text("aborted", timeout=30_000)
-            assert page.evaluate("document.querySelector('#training').scrollWidth <= document.querySelector('#training').clientWidth")
+            assert page.evaluate("""() => {  // the health table stays inside its card, clear of the Arm card beside it
+                const training = document.querySelector('#training'), box = document.querySelector('#health').parentElement;
+                return training.getBoundingClientRect().right <= document.querySelector('#arm').getBoundingClientRect().left
+                    && box.scrollWidth <= box.clientWidth && training.scrollWidth <= training.clientWidth;
+            }""")
             assert estop_inside_viewport(page)
             screenshot(page, tmp_path, "panel-1280.png")
             page.set_viewport_size({"width": 390, "height": 844})

@@ -8,7 +8,8 @@ const marks = [];  // [time, label] of events drawn on every curve
 let overview = null;
 let launchedPid = null;  // a learner Start launched, until it answers
 
-// events drawn as marks on the curves: "source kind" -> label
+// events drawn as marks on the curves: "source kind" -> label (at a learner start the weight version
+// jumps by up to 1000: a restarted learner continues after the block of versions reserved on disk)
 const MARKS = {
   "learner start": "learner start", "learner pause": "pause", "learner resume": "resume",
   "learner stopped": "stopped", "panel estop": "e-stop", "panel rearm": "re-arm", "panel lost": "lost",
