@@ -12,7 +12,6 @@ import ctypes
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -157,22 +156,6 @@ def private_domain() -> int:
     return random.Random(f"{os.getpid()}-{time.time_ns()}").randrange(100, 232)
 
 
-def free_port_block(count: int) -> int:
-    """A base port with `count` consecutive free ports after it."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
     raise RuntimeError("no free ports")
 
 

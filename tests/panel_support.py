@@ -20,27 +20,6 @@ import httpx
 ROBOT_SQL = str(Path(sys.executable).with_name("robot-sql"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def free_port_block(size: int) -> int:
-    """A port p such that p .. p + size - 1 were all free just now (the learner binds three)."""
-    for _ in range(50):
-        first = free_port()
-        try:
-            with contextlib.ExitStack() as stack:
-                for offset in range(size):
-                    probe = stack.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", first + offset))
-            return first
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports found")
-
-
 def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     handle = open(log, "wb")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,

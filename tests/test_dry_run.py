@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from robot_sql.ports import free_port, free_port_block
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import read_token
-from tests.panel_support import ROBOT_SQL, free_port, free_port_block
+from tests.panel_support import ROBOT_SQL
 
 SMALL_LEARNER = {"ROBOT_SQL_LEARNER_REPLAY_CAPACITY": "100000", "ROBOT_SQL_LEARNER_MIN_REPLAY": "200",
                  "ROBOT_SQL_LEARNER_TORCH_THREADS": "1", "ROBOT_SQL_LEARNER_PUBLISH_EVERY": "5"}

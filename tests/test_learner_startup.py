@@ -15,8 +15,9 @@ import pytest
 import torch
 import yaml
 
+from robot_sql.ports import free_port_block
 from robot_sql.protocol import ControlClient, ControlError
-from tests.panel_support import ROBOT_SQL, free_port_block, run_token, start, stop, wait_for
+from tests.panel_support import ROBOT_SQL, run_token, start, stop, wait_for
 
 
 def clean_environment(**variables: str) -> dict[str, str]:

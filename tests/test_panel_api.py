@@ -10,9 +10,10 @@ import yaml
 import zmq.auth
 
 from robot_sql.panel.app import COOKIE, MAX_BODY_BYTES, STATIC, host_allowed
+from robot_sql.ports import free_port, free_port_block
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
-from tests.panel_support import ROBOT_SQL, free_port, free_port_block, kill_pid, start, stop, wait_for, wait_healthy
+from tests.panel_support import ROBOT_SQL, kill_pid, start, stop, wait_for, wait_healthy
 
 TOKEN = "panel-api-test-token-0123456789abcdef"
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import yaml
 
+from robot_sql.ports import free_port, free_port_block
 from robot_sql.rundir import RunDir
 from tests.conftest import require
-from tests.panel_support import (ROBOT_SQL, BreakableProxy, free_port, free_port_block, kill_pid, start, stop, wait_for,
-                                 wait_healthy)
+from tests.panel_support import ROBOT_SQL, BreakableProxy, kill_pid, start, stop, wait_for, wait_healthy
 
 TOKEN = "browser-test-token-0123456789abcdef"
 SMALL_SQL = {"hidden_sizes": [32, 32], "batch_size": 32, "kernel_particles": 8, "value_particles": 8}

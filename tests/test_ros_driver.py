@@ -74,12 +74,13 @@ def test_joint_and_endpoint_states_at_100_hz(sim):
     processes, probe = sim
     start = time.monotonic()
     time.sleep(1.0)
+    elapsed = time.monotonic() - start  # more than 1 s when the machine is busy
     states = [(t, stamp) for t, stamp, *_ in list(probe.joint_states) if t >= start]
     # stamped 10 ms apart: the driver's 100 Hz timer (a late tick on a loaded machine moves one spacing, not
     # the median); how many arrive in a second is the machine's business, so only bounds that load cannot reach
     assert 0.008 < np.median(np.diff([stamp for _, stamp in states])) < 0.0125
-    assert 30 <= len(states) <= 110
-    assert 30 <= len([t for t, _ in list(probe.endpoints) if t >= start]) <= 110
+    assert 30 <= len(states) <= 110 * elapsed + 5
+    assert 30 <= len([t for t, _ in list(probe.endpoints) if t >= start]) <= 110 * elapsed + 5
 
 
 def test_velocity_command_times_out_into_a_hold(sim):

@@ -12,7 +12,8 @@ import pytest
 
 from robot_sql import sawyer
 from robot_sql.ros_actor import ActorNodeSettings
-from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, free_port_block, private_domain
+from robot_sql.ports import free_port_block
+from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, private_domain
 from tests.panel_support import run_token
 from tests.ros_support import Probe, require_ros
 

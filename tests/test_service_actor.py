@@ -12,10 +12,11 @@ import zmq
 
 import robot_sql  # noqa: F401  (registers the environments)
 from robot_sql.actor import Actor, ActorLink
+from robot_sql.ports import free_port
 from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
-from tests.panel_support import free_port, run_token, wait_for
+from tests.panel_support import run_token, wait_for
 
 
 def start_actor(run_dir: Path, env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:

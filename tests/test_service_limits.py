@@ -20,12 +20,13 @@ import zmq.auth
 
 from robot_sql.actor import ActorLink
 from robot_sql.learner import MAX_NONFINITE_UPDATES, Learner
+from robot_sql.ports import free_port_block
 from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, Message, decode, encode, secure_client,
                                 session_tag)
 from robot_sql.rundir import MetricsStore, RunDir
 from robot_sql.service_settings import ActorSettings, LearnerSettings
 from robot_sql.sql import SoftQLearning, SQLConfig
-from tests.panel_support import free_port_block, wait_for
+from tests.panel_support import wait_for
 
 HUGE = 3e38  # finite in float32
 

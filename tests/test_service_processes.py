@@ -19,6 +19,7 @@ import yaml
 import zmq
 from hypothesis import given, settings, strategies as st
 
+from robot_sql.ports import free_port, free_port_block
 from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, ProtocolError, decode, encode,
                                 session_tag)
 from robot_sql.replay_store import ReplayStore
@@ -26,7 +27,7 @@ from robot_sql.rundir import MetricsStore
 from robot_sql.sql import SoftQLearning, load_checkpoint
 from robot_sql.train import evaluate
 from tests.conftest import failed
-from tests.panel_support import ROBOT_SQL, free_port, free_port_block, run_token, start, stop, wait_for
+from tests.panel_support import ROBOT_SQL, run_token, start, stop, wait_for
 
 RATE_HZ = 50.0
 LOOP_STALL_S = 1.5  # the learner is away for seconds in these tests: a loop waiting on it would stall that long

@@ -21,7 +21,8 @@ import pytest
 
 from robot_sql import sawyer
 from robot_sql.ros_actor import ActorNodeSettings, pose_task
-from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, free_port_block, private_domain
+from robot_sql.ports import free_port_block
+from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, private_domain
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sim.scenes import table_height
 from robot_sql.tasks import lego

@@ -90,7 +90,8 @@ def summarize(command_times: list[float], latencies: list[float], weight_version
                    "as the arm's controller and a GPU learner are).")
 def bench_ros_command(out: str, seconds: float, warmup: float, others_niceness: int) -> None:
     """Joint-state-to-command latency (p50/p99) and command rate/jitter of the actor node over ROS 2."""
-    from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, free_port_block, private_domain, require_messages
+    from robot_sql.ports import free_port_block
+    from robot_sql.ros_env import SIM_PROFILE, ChildProcesses, private_domain, require_messages
 
     require_messages()
     from robot_sql.ros_actor import serve

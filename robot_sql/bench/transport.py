@@ -33,6 +33,7 @@ import yaml
 import zmq
 
 from robot_sql.malloc import release_free_memory
+from robot_sql.ports import free_port_block
 from robot_sql.protocol import ControlClient, ControlError, decode, encode
 from robot_sql.replay import pack_batch
 from robot_sql.rundir import RunDir
@@ -120,7 +121,7 @@ def disk_rate(folder: Path, count: int, rows: int, window: int) -> float:
 
 def measure_ingest(work: Path, sender_counts: list[int], count: int, rows: int, windows: list[int], repeats: int) -> dict:
     mp = multiprocessing.get_context("spawn")
-    port = _free_port_block()
+    port = free_port_block(11)  # the learner on PORT..PORT+2, the raw sink on PORT+10
     config = work / "learner.yaml"
     config.write_text(yaml.safe_dump({"env": "SawyerReach-v0", "port": port, "min_replay": 10 ** 9, "torch_threads": 1,
                                       "max_batch_transitions": max(rows, 1),
@@ -170,26 +171,6 @@ def _wait_for_learner(address: str, token: str, learner: subprocess.Popen) -> No
         except ControlError:
             time.sleep(0.2)
     raise click.ClickException("the learner did not come up within 120 s")
-
-
-def _free_port_block() -> int:
-    context = zmq.Context.instance()
-    for _ in range(100):
-        probe = context.socket(zmq.ROUTER)
-        port = probe.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
-        probe.close(linger=0)
-        sockets = []
-        try:
-            for offset in (0, 1, 2, 10):
-                sockets.append(context.socket(zmq.ROUTER))
-                sockets[-1].bind(f"tcp://127.0.0.1:{port + offset}")
-            return port
-        except zmq.ZMQError:
-            continue
-        finally:
-            for socket in sockets:
-                socket.close(linger=0)
-    raise click.ClickException("no free block of ports")
 
 
 def measure_weight_push(pushes: int) -> dict:
