@@ -62,7 +62,7 @@ from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report, unfinished_report
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
-from robot_sql.rundir import MetricsStore, RunDir, TokenFileError
+from robot_sql.rundir import MetricsStore, RunDir
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_NAME = "panel"  # <run-dir>/panel.token
@@ -158,10 +158,7 @@ def load_or_create_token(run: RunDir, from_environment: str | None) -> tuple[str
         token, generated = from_environment, False
         where, remedy = "ROBOT_SQL_PANEL_TOKEN", "make one with: openssl rand -hex 24"
     else:
-        try:
-            token, generated = run.token(TOKEN_NAME)
-        except TokenFileError as error:
-            raise ConfigError(str(error)) from None
+        token, generated = run.token(TOKEN_NAME)  # TokenFileError is a ConfigError: one line, exit 2
         where, remedy = str(run.root / f"{TOKEN_NAME}.token"), "delete the file to have a new token generated"
     if len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(f"the panel token in {where} is too short to be safe ({len(token)} characters, at least "
@@ -582,10 +579,7 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     """The panel application; `shutting_down()` tells open event streams to end (the server is stopping)."""
     run = RunDir.create(settings.run_dir)
     store = MetricsStore(run.metrics)
-    try:
-        control_token, _ = run.token("control")  # made here when the panel is first; the learner keeps it
-    except TokenFileError as error:
-        raise ConfigError(str(error)) from None
+    control_token, _ = run.token("control")  # made here when the panel is first; the learner keeps it
 
     def record(kind: str, message: str) -> None:
         store.event("panel", kind, message)
