@@ -1,6 +1,9 @@
-"""docker-compose.yml and deploy/ checked without a Docker engine (none runs on these machines):
-the files parse, every command is a real `robot-sql` command whose options exist, every file an
-image needs is in the repository and copied into it, and ports and addresses agree across services.
+"""docker-compose.yml and deploy/ checked without a Docker engine: the files parse, every command
+is a real `robot-sql` command whose options exist, every file an image needs is in the repository
+and copied into it, ports and addresses agree across services, and the files stay readable by
+Compose 1.29. The images of docker-compose.yml are also built and run in tests/test_docker_system.py;
+the robot side's Humble image (deploy/robot/) is checked here only (no registry serves ros:humble
+on the project's machines).
 """
 from __future__ import annotations
 
@@ -75,22 +78,50 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def image_paths(dockerfile: Path) -> dict[str, str]:
-    """Destination in the image -> source in the build context, of every COPY."""
-    copies, workdir = {}, "/"
+def stages(dockerfile: Path) -> dict[str, dict]:
+    """The build stages in order: name (or index) -> {"parent": the stage it starts FROM, or None for
+    an image, "steps": its instructions}."""
+    found: dict[str, dict] = {}
     for keyword, rest in instructions(dockerfile):
+        if keyword == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(found))
+            found[name] = {"parent": words[0] if words[0] in found else None, "steps": []}
+        elif found:
+            found[list(found)[-1]]["steps"].append((keyword, rest))
+    return found
+
+
+def chain(dockerfile: Path, target: str | None = None) -> list[tuple[str, str]]:
+    """The instructions that make the image of `target` (default: the last stage), its parents' first."""
+    all_stages = stages(dockerfile)
+    name = target or list(all_stages)[-1]
+    steps = []
+    while name is not None:
+        steps[:0] = all_stages[name]["steps"]
+        name = all_stages[name]["parent"]
+    return steps
+
+
+def image_paths(dockerfile: Path, target: str | None = None) -> dict[str, str | None]:
+    """Destination in the image -> source in the build context (None: from another stage), of every COPY."""
+    copies, workdir = {}, "/"
+    for keyword, rest in chain(dockerfile, target):
         if keyword == "WORKDIR":
-            workdir = rest
+            workdir = posixpath.join(workdir, rest)
         elif keyword == "COPY":
-            *sources, destination = rest.split()
+            words = rest.split()
+            from_stage = any(word.startswith("--from=") for word in words)
+            *sources, destination = [word for word in words if not word.startswith("--")]
             base = posixpath.normpath(posixpath.join(workdir, destination))
             into_folder = destination.endswith("/") or destination == "." or len(sources) > 1
             for source in sources:
-                copies[f"{base}/{Path(source).name}" if into_folder else base] = source
+                within = into_folder and not source.endswith("/")  # "dir/" copies what the folder holds
+                copies[posixpath.join(base, Path(source).name) if within else base] = None if from_stage else source
     return copies
 
 
-def in_image(path: str, copied: dict[str, str]) -> bool:
+def in_image(path: str, copied: dict[str, str | None]) -> bool:
     return any(path == destination or path.startswith(destination + "/") for destination in copied)
 
 
@@ -123,19 +154,28 @@ def test_every_build_context_and_dockerfile_exists_and_images_have_what_commands
         context, dockerfile = dockerfile_of(path, service)
         assert context == REPO, f"{name}: build context {context} is not the repository root"
         assert dockerfile.is_file(), f"{name}: no {dockerfile}"
-        copied = image_paths(dockerfile)
-        for source in copied.values():
+        target = service["build"].get("target")
+        assert target is None or target in stages(dockerfile), f"{name}: {dockerfile} has no stage {target}"
+        copied = image_paths(dockerfile, target)
+        for source in filter(None, copied.values()):
             assert (context / source).exists(), f"{dockerfile}: COPY {source} is not in the context"
-        for arg in service.get("command", []):
+        for arg in [*service.get("command", []), *service.get("healthcheck", {}).get("test", [])]:
             if arg.startswith(IMAGE_ROOT + "/"):
-                assert in_image(arg, copied), f"{name}: {arg} is not copied into {dockerfile}"
+                assert in_image(arg, copied), f"{name}: {arg} is not copied into {dockerfile} ({target})"
 
 
-@pytest.mark.parametrize("dockerfile", sorted((REPO / "deploy").glob("*/Dockerfile")), ids=lambda p: p.parent.name)
-def test_dockerfile_commands_are_real(dockerfile):
-    steps = dict(instructions(dockerfile))
-    assert steps.get("FROM"), dockerfile
-    copied = image_paths(dockerfile)
+def images():
+    """(Dockerfile, target) of every image: the stages of deploy/Dockerfile that compose builds, and the Humble one."""
+    built = {(dockerfile_of(path, service)[1], service["build"].get("target"))
+             for path, _, service in all_services() if "build" in service}
+    assert {target for _, target in built} >= {"learner", "panel", "ros", None}, built
+    return sorted(built, key=str)
+
+
+@pytest.mark.parametrize("dockerfile, target", [pytest.param(d, t, id=f"{d.relative_to(REPO)}:{t or 'last stage'}") for d, t in images()])
+def test_dockerfile_commands_are_real(dockerfile, target):
+    steps = dict(chain(dockerfile, target))
+    copied = image_paths(dockerfile, target)
     if "ENTRYPOINT" in steps:
         entrypoint = json.loads(steps["ENTRYPOINT"])
         source = REPO / copied[entrypoint[0]]
@@ -144,6 +184,31 @@ def test_dockerfile_commands_are_real(dockerfile):
     command = json.loads(steps["CMD"])
     check_robot_sql_command(command)
     assert all(in_image(arg, copied) for arg in command if arg.startswith(IMAGE_ROOT + "/")), command
+
+
+def test_the_dry_run_images_run_as_a_user_and_keep_no_build_tools():
+    dockerfile = REPO / "deploy" / "Dockerfile"
+    for target in ("learner", "panel", "ros"):
+        steps = chain(dockerfile, target)
+        users = [rest for keyword, rest in steps if keyword == "USER"]
+        assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
+        installs = " ".join(rest for keyword, rest in steps if keyword == "RUN" and "apt-get install" in rest)
+        for tool in ("g++", "gcc", "cmake", "make ", "build-essential", "-dev"):
+            assert tool not in installs, f"{target} installs {tool.strip()}"
+        for keyword, rest in steps:
+            if keyword == "RUN" and "apt-get install" in rest:
+                assert "rm -rf /var/lib/apt/lists/*" in rest, f"{target}: apt lists left in the image"
+            if keyword == "COPY" and "deploy/wheels" in rest:
+                raise AssertionError(f"{target}: the wheelhouse is copied into the image")
+    env = " ".join(rest for keyword, rest in chain(dockerfile, "learner") if keyword == "ENV")
+    assert "PIP_NO_CACHE_DIR=1" in env  # no pip cache in any layer
+
+
+def test_compose_files_suit_compose_1_29():
+    for path in COMPOSE_FILES:
+        document = load(path)
+        assert "name" not in document, f"{path.name}: Compose 1.29 refuses the top-level name: key"
+        assert "version" not in document or str(document["version"]).startswith(("2", "3")), path
 
 
 def test_ports_and_addresses_agree_across_services():
@@ -171,7 +236,7 @@ def test_ports_and_addresses_agree_across_services():
     assert actor["environment"]["ROS_DOMAIN_ID"] == sim["environment"]["ROS_DOMAIN_ID"]  # the node sees the driver
 
     panel_port = option(panel["command"], "--port")
-    assert panel["ports"] == [f"127.0.0.1:{panel_port}:{panel_port}"]  # the host's loopback only
+    assert panel["ports"] == [f"127.0.0.1:${{ROBOT_SQL_PANEL_PORT:-{panel_port}}}:{panel_port}"]  # the host's loopback only
     assert option(panel["command"], "--host") == "0.0.0.0"
     assert f"127.0.0.1:{panel_port}/health" in " ".join(panel["healthcheck"]["test"])
     assert re.fullmatch(r"\$\{ROBOT_SQL_PANEL_TOKEN:\?[^}]*\}", panel["environment"]["ROBOT_SQL_PANEL_TOKEN"])
