@@ -264,7 +264,7 @@ def test_the_dry_run_in_containers_trains_obeys_the_e_stop_survives_a_learner_cr
     # the learner dies (killed inside its container, as the OOM killer would): the engine restarts it,
     # the actor node keeps what was not acknowledged, and nothing acknowledged is lost
     before_crash = wait_for("an actor status", lambda: stack.actor(unacked_seqs=True), 30)
-    learner_before = stack.learner()
+    learner_before = wait_for("the learner's status", stack.learner, 30)
     stack.compose("exec", "-T", "learner", "python", "-c", KILL_THE_LEARNER, check=False)
     wait_for("the engine's restart of the learner", lambda: int(stack.inspect("learner", "{{.RestartCount}}")) >= 1, 60)
     gap = wait_for("the actor node holding transitions nobody acknowledged",
@@ -280,7 +280,7 @@ def test_the_dry_run_in_containers_trains_obeys_the_e_stop_survives_a_learner_cr
     print(f"learner crash and restart: {time.monotonic() - started:.0f} s")
 
     # down, then up: the run resumes from the `runs` volume
-    at_down = stack.learner()
+    at_down = wait_for("the learner's status", stack.learner, 30)
     stack.compose("down", timeout=300)
     assert stack.leftovers()["containers"] == []
     replay = stack.read_replay()  # nothing runs: the replay as the stopped learner left it
