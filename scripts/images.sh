@@ -144,7 +144,9 @@ step_wheels() {
     [ -n "${TORCH_INDEX_URL:-}" ] && extra=(--extra-index-url "$TORCH_INDEX_URL")
     # one resolution for all three lists: the versions fit together; wheels already here are reused
     local status=0
-    "$python" -m pip wheel --quiet --wheel-dir "$staging/wheels" --find-links "$WHEELS" "${extra[@]}" \
+    # wheels built here from sdists (empy) come out byte for byte the same each time (zip dates),
+    # so a wheelhouse made again does not throw away the images' build cache
+    SOURCE_DATE_EPOCH=315532800 "$python" -m pip wheel --quiet --wheel-dir "$staging/wheels" --find-links "$WHEELS" "${extra[@]}" \
         -r "$staging/requirements.txt" -r "$staging/ros.txt" -r "$staging/ros-build.txt" 2>&1 |
         { grep -v 'is ignored: it is neither a file nor a directory' >&2 || true; } || status=$?  # (a pip.conf's absent index folders)
     [ "$status" = 0 ] ||
