@@ -75,8 +75,10 @@ def load_replay(checkpoint: Path) -> ReplayBuffer:
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--env", "env_name", required=True, help="Task to evaluate the composed policy on (e.g. corner).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--mean", is_flag=True, help="Average the Q-functions instead of summing them.")
-@click.option("--updates", type=click.IntRange(min=1), default=2000, show_default=True, help="SVGD sampler updates.")
+@click.option("--mean", is_flag=True, help="Average the Q-functions instead of summing them (twice the temperature; "
+              "worse on the corner, docs/sql.md).")
+@click.option("--updates", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="SVGD sampler updates (the constituents' own samplers had ~2800; 1500 fell short, docs/sql.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from robot_sql.cli import main
 from robot_sql.compose import compose
 from robot_sql.config import load_settings
+from robot_sql.finetune import finetune_report
 from robot_sql.sql import load_policy
 from robot_sql.train import TrainSettings, evaluate, train
 
@@ -34,19 +35,26 @@ def test_multigoal_reaches_all_four_goals(tmp_path):
 
 
 def test_composed_policy_solves_the_intersection_task(tmp_path):
-    """Q(line x=4) + Q(line y=4), frozen, yields a policy for the corner (4, 4) it never trained on."""
-    for name, env_id, seed in (("x", "PointLineX-v0", 1), ("y", "PointLineY-v0", 2)):
-        result = train(env_id, load_settings(TrainSettings, seed=seed, steps=3000, eval_episodes=50), tmp_path / name, progress=False)
-        assert result["success_rate"] >= 0.9, (env_id, result)
+    """Q(line x=4) + Q(line y=4), frozen, yields a policy for the corner (4, 4) it never trained on: two
+    seeds of each constituent, all four pairs composed. Thresholds from docs/sql.md (composition: 0.85-0.99
+    over the eight pairs measured; a constituent alone: at most 0.23 of 100 corner episodes)."""
+    agents, alone = {"x": [], "y": []}, {}
+    for name, env_id, seeds in (("x", "PointLineX-v0", (10, 11)), ("y", "PointLineY-v0", (20, 21))):
+        for seed in seeds:
+            out = tmp_path / f"{name}{seed}"
+            result = train(env_id, load_settings(TrainSettings, seed=seed, steps=3000, eval_episodes=50), out, progress=False)
+            assert result["success_rate"] >= 0.9, (env_id, seed, result)
+            agents[name].append(out / "agent.pt")
+            alone[name, seed] = evaluate(load_policy(out / "agent.pt"), "PointCorner-v0", episodes=100, seed=0)["success_rate"]
+    assert max(alone.values()) <= 0.3, alone  # neither constituent alone solves the corner
 
-    composed = compose([tmp_path / "x" / "agent.pt", tmp_path / "y" / "agent.pt"], "PointCorner-v0", tmp_path / "xy",
-                       mean=False, updates=1500, seed=0, episodes=100, progress=False)
-    assert composed["success_rate"] >= 0.8, composed
-
-    # neither constituent alone solves the corner
-    for name in ("x", "y"):
-        alone = evaluate(load_policy(tmp_path / name / "agent.pt"), "PointCorner-v0", episodes=50, seed=0)
-        assert alone["success_rate"] <= 0.3, (name, alone)
+    composed = {}
+    for i, x in enumerate(agents["x"]):
+        for j, y in enumerate(agents["y"]):
+            result = compose([x, y], "PointCorner-v0", tmp_path / f"xy{i}{j}", mean=False, updates=3000, seed=2 * i + j,
+                             episodes=100, progress=False)
+            composed[x.parent.name, y.parent.name] = result["success_rate"]
+    assert min(composed.values()) >= 0.75, composed
 
 
 def test_bad_inputs_get_clear_errors(tmp_path):
@@ -77,3 +85,18 @@ def test_fine_tuning_anneals_reward_scale_from_a_pretrained_policy(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "fine" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["reward_scale"] == pytest.approx(10.0)
     assert rows[-1]["updates"] > 300  # the pretrained agent's counter carried on
+
+
+def test_pretraining_speeds_up_fine_tuning(tmp_path):
+    """A max-entropy policy pretrained on "move fast in any direction" reaches 0.8 success on the single
+    goal in fewer steps than training from scratch, with or without the same reward-scale annealing
+    (same seeds, held-out evaluation episodes). Seeds 0-4 measured in docs/sql.md."""
+    report = finetune_report([0, 1, 2], pretrain_steps=1000, steps=1000, eval_every=100, threshold=0.8, anneal_to=10.0, out=tmp_path)
+    never = report["steps"] + report["eval_every"]  # not reached within the budget
+    finetuned, scratch, annealed = ([never if steps is None else steps for steps in report[f"{kind}_steps_to_threshold"]]
+                                    for kind in ("finetuned", "scratch", "scratch_annealed"))
+    assert max(finetuned) <= 800, report["finetuned_steps_to_threshold"]
+    assert all(f < s for f, s in zip(finetuned, scratch)), (finetuned, scratch)
+    assert all(f <= a for f, a in zip(finetuned, annealed)), (finetuned, annealed)
+    # against the same annealing from scratch: what pretraining itself brings
+    assert np.mean(finetuned) <= np.mean(annealed) - 100, (finetuned, annealed)

@@ -3,8 +3,9 @@ fine-tuning experiments.
 
 All share the MultiGoal dynamics of the reference code (environments/multigoal.py): the state
 is a position in [-7, 7]^2, the action a velocity in [-1, 1]^2, s' = clip(s + a, -7, 7), no
-noise, and the start state is drawn from N(0, 0.1^2 I). The tasks differ only in reward,
-termination and success, each defined in one small class below.
+noise, and the start state is drawn from N(0, 0.1^2 I) (the composition's constituents: anywhere
+in a box, see LineEnv). The tasks differ only in reward, termination, start and success, each
+defined in one small class below.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class PointMassEnv(gymnasium.Env):
     and `is_success(position)`; `info["is_success"]` (the gymnasium name) reports the latter at every step."""
 
     metadata = {"render_modes": []}
+    start_box: float | None = None  # start uniformly in [-start_box, start_box]^2; None: N(0, START_STD^2 I)
 
     def __init__(self):
         self.observation_space = spaces.Box(-BOUND, BOUND, shape=(2,), dtype=np.float32)
@@ -30,7 +32,10 @@ class PointMassEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        start = self.np_random.normal(0.0, START_STD, size=2)
+        if self.start_box is None:
+            start = self.np_random.normal(0.0, START_STD, size=2)
+        else:
+            start = self.np_random.uniform(-self.start_box, self.start_box, size=2)
         self.position = np.clip(start, -BOUND, BOUND).astype(np.float32)
         return self.position.copy(), {}
 
@@ -101,14 +106,25 @@ class ReachTargetEnv(PointMassEnv):
         return self.distance(position) < self.tolerance
 
 
-class LineXEnv(ReachTargetEnv):
+class LineEnv(ReachTargetEnv):
+    """A constituent of the composition: reach a line, from a start anywhere in [-5, 5]^2.
+
+    The composed policy follows Q_x + Q_y to the corner, where neither constituent's own policy
+    goes often. Started at the origin, the line y = 4 agent had hardly been at x = 4, its Q was
+    wrong there and the composition overshot the corner (docs/sql.md); started anywhere in the
+    box, each Q is trained on the corner's states too."""
+
+    start_box = 5.0
+
+
+class LineXEnv(LineEnv):
     """Reach the line x = 4."""
 
     def distance(self, position) -> float:
         return abs(float(position[0]) - 4.0)
 
 
-class LineYEnv(ReachTargetEnv):
+class LineYEnv(LineEnv):
     """Reach the line y = 4."""
 
     def distance(self, position) -> float:
