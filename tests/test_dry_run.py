@@ -316,15 +316,16 @@ def _get(url: str) -> int | None:
 
 
 def test_dry_run_refuses_ports_in_use_and_an_unbuilt_ros_workspace(tmp_path):
-    port = free_port_block(6)
+    port, panel_port = free_port_block(6), str(free_port())  # not 8765: another panel may hold it
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 1))  # the learner's weights port
-        result = subprocess.run([ROBOT_SQL, "dry-run", "--run-dir", str(tmp_path / "run"), "--port", str(port)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run([ROBOT_SQL, "dry-run", "--run-dir", str(tmp_path / "run"), "--port", str(port),
+                                 "--panel-port", panel_port], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"port {port + 1} on 127.0.0.1 is in use" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
 
-    result = subprocess.run([ROBOT_SQL, "dry-run", "--ros", "--run-dir", str(tmp_path / "run"), "--port", str(port)],
+    result = subprocess.run([ROBOT_SQL, "dry-run", "--ros", "--run-dir", str(tmp_path / "run"), "--port", str(port),
+                             "--panel-port", panel_port],
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "ROBOT_SQL_ROS_WS": str(tmp_path / "no_ros_ws")})
     assert result.returncode == 2 and "make ros_ws" in result.stderr, result.stderr
