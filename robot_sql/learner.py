@@ -181,7 +181,7 @@ class Learner:
         self.outbox: queue.Queue = queue.Queue()  # ("publish", frame) or ("reply", envelope, frame), for the I/O thread
         self.checkpoint_requests: queue.Queue = queue.Queue()  # envelopes waiting for "checkpoint" replies
         self.weight_version = 0
-        self.sessions: dict[str, dict] = {}  # session -> sender, transitions, last_seen
+        self.sessions: dict[str, dict] = {}  # session -> sender, CURVE key, transitions, last_seen
         self.unacked: collections.deque = collections.deque()  # (store.appended mark, envelope, session, seq), in order
         self.buckets: dict[str, TokenBucket] = {}  # session -> its ingest budget
         rate = settings.max_total_ingest_rate

@@ -309,6 +309,7 @@ class RouterEndpoint:
         self.socket, self.sender, self.accept, self.max_bytes = socket, sender, frozenset(accept), max_bytes
         self.max_entries = max_entries  # see `decode`
         self.check = check  # the receiver's own checks (e.g. array shapes), raising ProtocolError
+        self.keyed = bool(socket.curve_server)  # CURVE on: each frame's client key goes with its message
         self.counter = RejectCounter(name)
 
     def receive(self) -> tuple[list[bytes], Message, memoryview] | None:
@@ -324,9 +325,8 @@ class RouterEndpoint:
         try:
             envelope, payload = split_routed(frames)
             message = decode(payload, self.accept, self.max_bytes, self.max_entries)
-            key = _peer_key(parts[-1])
-            if key:
-                message = replace(message, peer_key=key)
+            if self.keyed:
+                message = replace(message, peer_key=_peer_key(parts[-1]))
             if self.check is not None:
                 self.check(message)
         except ProtocolError as error:
@@ -362,10 +362,10 @@ def control_check(token: str, open_commands: frozenset[str] = frozenset()) -> Ca
 
 
 def _peer_key(frame: zmq.Frame) -> str:
-    """The CURVE client key that ZAP authenticated for this frame's connection, "" on a plain link."""
+    """The CURVE client key that ZAP authenticated for this frame's connection."""
     try:
         return frame.get("User-Id")
-    except zmq.ZMQError:  # no ZAP handler on this socket: no key
+    except zmq.ZMQError:  # no ZAP handler answered for this connection: no key
         return ""
 
 

@@ -156,9 +156,6 @@ def private_domain() -> int:
     return random.Random(f"{os.getpid()}-{time.time_ns()}").randrange(100, 232)
 
 
-    raise RuntimeError("no free ports")
-
-
 class ChildProcesses:
     """`robot-sql` commands as child processes on one ROS domain, logs in a folder; all of them
     stopped on close, even after failures (tests and benchmarks)."""

@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import failed, require
 from robot_sql.ports import free_port
+from tests import panel_support
+from tests.conftest import failed, require
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = "/runs/dry-run"
@@ -188,14 +189,9 @@ class Stack:
         return found
 
 
-def wait_for(what: str, condition, timeout: float, stack: Stack | None = None, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s")
+def wait_for(what: str, condition, timeout: float, interval_s: float = 2.0):
+    """panel_support.wait_for, by default every 2 s: each poll is a docker or HTTP call into the stack."""
+    return panel_support.wait_for(condition, timeout, what, interval_s)
 
 
 def acked_seqs(status: dict) -> set[int]:
@@ -268,7 +264,7 @@ def test_the_dry_run_in_containers_trains_obeys_the_e_stop_survives_a_learner_cr
     stack.compose("exec", "-T", "learner", "python", "-c", KILL_THE_LEARNER, check=False)
     wait_for("the engine's restart of the learner", lambda: int(stack.inspect("learner", "{{.RestartCount}}")) >= 1, 60)
     gap = wait_for("the actor node holding transitions nobody acknowledged",
-                   lambda: (s := stack.actor(unacked_seqs=True)) and s["unacked_seqs"] and s, 60, interval=0.5)
+                   lambda: (s := stack.actor(unacked_seqs=True)) and s["unacked_seqs"] and s, 60, interval_s=0.5)
     back = wait_for("the restarted learner on newer weights",
                     lambda: (s := stack.learner()) and s["weight_version"] > learner_before["weight_version"] and s, 240)
     assert back["transitions_total"] >= learner_before["transitions_total"]
