@@ -417,12 +417,15 @@ class Actor:
         if self.estopped:
             self.link.reply(envelope, error=("estopped", "rearm before a perturbation test"))
             return
-        from robot_sql.perturbation import run_trials
+        from robot_sql.perturbation import PerturbationAborted, run_trials
 
         self.perturbing = True
         log.info("%s: perturbation test %s", self.name, spec)
         try:
             report = run_trials(self.env, self.act, spec, reseed=self.generator.manual_seed, abort=self.link.estop_waiting.is_set)
+        except PerturbationAborted as error:  # an e-stop: its own kind, so that callers need not read the text
+            log.warning("%s: perturbation test aborted: %s", self.name, error)
+            self.link.reply(envelope, error=("perturb_aborted", f"{type(error).__name__}: {error}"))
         except Exception as error:  # a bad spec or a failed trial is the caller's answer, not our crash
             log.warning("%s: perturbation test failed: %s", self.name, error)
             self.link.reply(envelope, error=("perturb_failed", f"{type(error).__name__}: {error}"))

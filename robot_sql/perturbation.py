@@ -17,6 +17,9 @@ own motion towards the target. Definitions, in robot time:
 - recovered: the deviation is back within the task's position tolerance;
 - time to recover: from the end of the push (wrench: after its duration; displacement: once
   the displaced configuration is reached) until recovered; None if it never did.
+Each trial also keeps its trace (TrialTrace: the deviation, and both episodes' distance from the
+target, over time), downsampled to at most MAX_TRACE_POINTS steps (plus the push, the largest
+deviation and the recovery, kept exactly), so that a 50-trial report stays well under 1 MB.
 The reference is exact for a deterministic policy, or a stochastic one that `reseed`
 restarts; otherwise the deviation also holds the policy's own randomness. On the real arm
 the two runs differ by sensor noise as well (millimetres).
@@ -43,6 +46,9 @@ MAX_WRENCH_DURATION_S = 1.0
 MAX_DISPLACEMENT_RAD = 0.5
 # displacement targets keep this far from the joint limits
 JOINT_LIMIT_MARGIN_RAD = 0.05
+# steps kept per trial trace (evenly spaced over the episode), besides the few kept exactly
+MAX_TRACE_POINTS = 300
+MAX_TRACE_LENGTH = MAX_TRACE_POINTS + 4  # what a report may hold: the panel refuses longer traces
 
 
 class PerturbationSpec(BaseModel):
@@ -75,6 +81,32 @@ class PerturbationSpec(BaseModel):
         return self
 
 
+class TrialTrace(BaseModel):
+    """One trial over time, at the pushed episode's steps (robot time since its start, after the step).
+
+    deviation_m: the pushed hand's distance from the reference's at the same step (0 before the push);
+    error_m / reference_error_m: each episode's hand distance from the target at that step (the
+    env's info["position_error"]; the reference's last value once its episode has ended); None
+    where the env reports no position error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_s: list[float] = Field(max_length=MAX_TRACE_LENGTH)
+    deviation_m: list[float] = Field(max_length=MAX_TRACE_LENGTH)
+    error_m: list[float] | None = Field(None, max_length=MAX_TRACE_LENGTH)
+    reference_error_m: list[float] | None = Field(None, max_length=MAX_TRACE_LENGTH)
+    push_end_s: float  # when the push was over (the start is TrialResult.push_time_s)
+    tolerance_m: float  # the task's position tolerance: within it the hand counts as recovered
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "TrialTrace":
+        lengths = {len(values) for values in (self.time_s, self.deviation_m, self.error_m, self.reference_error_m)
+                   if values is not None}
+        if len(lengths) != 1:
+            raise ValueError(f"trace series of different lengths {sorted(lengths)}")
+        return self
+
+
 class TrialResult(BaseModel):
     trial: int
     seed: int
@@ -86,6 +118,7 @@ class TrialResult(BaseModel):
     max_deviation_m: float
     episode_return: float
     steps: int
+    trace: TrialTrace | None = None  # reports written before traces existed have none
 
 
 class PerturbationReport(BaseModel):
@@ -137,6 +170,7 @@ def push(robot, spec: PerturbationSpec, rng: np.random.Generator) -> float:
 class Rollout:
     times: list[float] = field(default_factory=list)  # robot time since the episode start, after each step
     hand: list[np.ndarray] = field(default_factory=list)  # right_hand position after each step
+    error: list[float] = field(default_factory=list)  # the hand's distance from the target after each step (NaN: unknown)
     success: bool = False
     episode_return: float = 0.0
     push_step: int | None = None  # steps taken before the push
@@ -164,6 +198,7 @@ def rollout(env, policy, seed: int, spec: PerturbationSpec, pushed: bool, abort:
         observation, reward, terminated, truncated, info = env.step(policy(observation))
         record.times.append(robot.time - start)
         record.hand.append(robot.ee_pose()[0])
+        record.error.append(float(info.get("position_error", np.nan)))
         record.episode_return += float(reward)
         done = terminated or truncated
     if pushed and record.push_step is None:
@@ -184,17 +219,43 @@ def run_trial(env, policy: Callable[[np.ndarray], np.ndarray], spec: Perturbatio
         runs.append(rollout(env, policy, seed, spec, pushed, abort))
     reference, perturbed = runs
     tolerance = env.unwrapped.task.position_tolerance
-    deviations = [float(np.linalg.norm(hand - reference.hand[min(step, len(reference.hand) - 1)]))
-                  for step, hand in enumerate(perturbed.hand)][perturbed.push_step:]
+    all_deviations = [float(np.linalg.norm(hand - reference.hand[min(step, len(reference.hand) - 1)]))
+                      for step, hand in enumerate(perturbed.hand)]
+    deviations = all_deviations[perturbed.push_step:]
     times = perturbed.times[perturbed.push_step:]
     recovered_at = next((t for t, deviation in zip(times, deviations)
                          if t >= perturbed.push_ends - 1e-9 and deviation <= tolerance), None)
+    keep = [perturbed.push_step, perturbed.push_step + int(np.argmax(deviations))]
+    if recovered_at is not None:
+        keep.append(perturbed.times.index(recovered_at))
+    trace = make_trace(perturbed, reference, all_deviations, keep, tolerance)
     return TrialResult(
         trial=trial, seed=seed, push_time_s=perturbed.push_time,
         success=perturbed.success, reference_success=reference.success, recovered=recovered_at is not None,
         time_to_recover_s=None if recovered_at is None else round(max(recovered_at - perturbed.push_ends, 0.0), 6),
         max_deviation_m=max(deviations), episode_return=perturbed.episode_return, steps=len(perturbed.times),
+        trace=trace,
     )
+
+
+def trace_steps(steps: int, keep: list[int], points: int = MAX_TRACE_POINTS) -> list[int]:
+    """At most `points` steps of `steps` evenly spread (first and last included), plus those in `keep`."""
+    spread = np.round(np.linspace(0, steps - 1, min(points, steps))).astype(int)
+    return sorted({int(step) for step in spread} | {step for step in keep if 0 <= step < steps})
+
+
+def make_trace(perturbed: Rollout, reference: Rollout, deviations: list[float], keep: list[int],
+               tolerance: float) -> TrialTrace:
+    steps = trace_steps(len(perturbed.times), keep)
+
+    def errors(record: Rollout) -> list[float] | None:
+        values = [record.error[min(step, len(record.error) - 1)] for step in steps]
+        return None if any(np.isnan(values)) else [round(value, 5) for value in values]
+
+    return TrialTrace(time_s=[round(perturbed.times[step], 4) for step in steps],
+                      deviation_m=[round(deviations[step], 5) for step in steps],
+                      error_m=errors(perturbed), reference_error_m=errors(reference),
+                      push_end_s=round(perturbed.push_ends, 6), tolerance_m=tolerance)
 
 
 def run_trials(env, policy: Callable[[np.ndarray], np.ndarray], spec: PerturbationSpec | dict[str, Any],

@@ -129,3 +129,19 @@ def test_perturb_command_writes_a_report_and_refuses_a_push_beyond_the_limit(tmp
     assert report["summary"]["max_deviation_m"] > 0  # 20 N on the wrist moves the hand
     refused = CliRunner().invoke(main, ["perturb", *common, "--magnitude", "1000", "--out", str(tmp_path / "no.json")])
     assert refused.exit_code == 2 and "exceeds the limit" in refused.output and not (tmp_path / "no.json").exists()
+
+
+def test_traces_are_bounded_and_keep_the_push_and_the_largest_deviation(env):
+    from robot_sql.perturbation import MAX_TRACE_LENGTH, MAX_TRACE_POINTS, trace_steps
+
+    assert trace_steps(5, [2, 9]) == [0, 1, 2, 3, 4]
+    many = trace_steps(100_000, [12_345, 99_999, 7])
+    assert len(many) <= MAX_TRACE_POINTS + 3 and {0, 7, 12_345, 99_999} <= set(many) and many == sorted(many)
+    report = run_trials(env, reaching_policy(env), PerturbationSpec(kind="displacement", magnitude=0.3, trials=1))
+    trial = report["trials"][0]
+    trace = trial["trace"]
+    assert len(trace["time_s"]) <= MAX_TRACE_LENGTH
+    assert max(trace["deviation_m"]) == pytest.approx(trial["max_deviation_m"], abs=1e-5)  # the peak is never dropped
+    pushed_at = trace["time_s"].index(next(t for t in trace["time_s"] if t > trial["push_time_s"]))
+    assert all(d == 0 for d in trace["deviation_m"][:pushed_at - 1])  # the same seed: no deviation before the push
+    assert trace["error_m"][-1] < trace["tolerance_m"] and trace["reference_error_m"][-1] < trace["tolerance_m"]

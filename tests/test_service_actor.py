@@ -12,6 +12,7 @@ import zmq
 
 import robot_sql  # noqa: F401  (registers the environments)
 from robot_sql.actor import Actor, ActorLink
+from robot_sql.perturbation import MAX_TRACE_LENGTH
 from robot_sql.ports import free_port
 from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
@@ -76,6 +77,30 @@ def test_estop_holds_the_arm_until_rearm_and_commands_are_routed(tmp_path):
         assert error.value.kind == "perturb_failed" and "exceeds the limit" in error.value.detail
         report = client.call("perturb", timeout_s=60, kind="wrench", magnitude=20.0, trials=1, push_at_s=0.2)
         assert len(report["trials"]) == 1 and report["spec"]["magnitude"] == 20.0
+        trial = report["trials"][0]  # with its trace over time, for the report's page: bounded, the push inside it
+        trace = trial["trace"]
+        assert 10 < len(trace["time_s"]) == len(trace["deviation_m"]) == len(trace["error_m"]) <= MAX_TRACE_LENGTH
+        assert trace["time_s"] == sorted(trace["time_s"]) and trace["time_s"][-1] <= trial["steps"] * 0.05 + 1e-6
+        assert max(trace["deviation_m"]) == pytest.approx(trial["max_deviation_m"], abs=1e-5)
+        assert trace["deviation_m"][0] == 0 and trace["push_end_s"] == pytest.approx(trial["push_time_s"] + 0.2, abs=0.06)
+        # an e-stop during a test ends it, answered with its own error kind
+        answers = []
+
+        def long_test() -> None:
+            with ControlClient(client.address, timeout_s=120, token=client.token) as tester:
+                try:
+                    answers.append(tester.call("perturb", kind="wrench", magnitude=20.0, trials=20, push_at_s=0.2))
+                except ControlError as error:
+                    answers.append(error)
+
+        tester = threading.Thread(target=long_test)
+        tester.start()
+        wait_for(lambda: client.call("status")["perturbing"], 20, "the perturbation test to start")
+        assert client.call("estop") == {"estopped": True}
+        tester.join(30)
+        assert isinstance(answers[0], ControlError) and answers[0].kind == "perturb_aborted", answers
+        assert "aborted" in answers[0].detail and client.call("status")["holding"]
+        assert client.call("rearm") == {"estopped": False}
         with pytest.raises(ControlError) as error:
             client.call("self_destruct")
         assert error.value.kind == "unknown_command"
