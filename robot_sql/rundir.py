@@ -158,9 +158,17 @@ class MetricsStore:
     Safe to share between threads of one process; several processes may open the same file.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """`read_only`: open an existing store without writing to it (another run's, for the panel to
+        compare with); sqlite3.OperationalError when there is none. With no writer (no -wal file beside
+        it) it is opened immutable: even a read-only WAL connection would leave -wal and -shm files."""
         self.path = Path(path)
         self._lock = threading.Lock()
+        if read_only:
+            live = self.path.with_name(self.path.name + "-wal").exists()
+            uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False, isolation_level=None)
+            return
         self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -200,9 +208,30 @@ class MetricsStore:
                     out[name] = row[0]
         return out
 
-    def names(self) -> list[str]:
+    def points(self, name: str, since: float = 0.0, limit: int = 10_000,
+               source: str | None = None) -> list[tuple[float, int, float, str]]:
+        """(time, step, value, source) of one metric after `since`, oldest first: the newest `limit`
+        of them, of every source (the learner, each actor by its name) or of `source` only."""
+        where, arguments = "name = ? AND time > ?", [name, since]
+        if source is not None:
+            where, arguments = where + " AND source = ?", arguments + [source]
         with self._lock:
-            return [row[0] for row in self._db.execute("SELECT DISTINCT name FROM metrics ORDER BY name")]
+            rows = self._db.execute(f"SELECT time, step, value, source FROM metrics WHERE {where} "
+                                    "ORDER BY time DESC LIMIT ?", (*arguments, limit)).fetchall()
+        return rows[::-1]
+
+    def first_time(self, name: str) -> float | None:
+        """When `name` was first logged (None: never)."""
+        with self._lock:
+            return self._db.execute("SELECT MIN(time) FROM metrics WHERE name = ?", (name,)).fetchone()[0]
+
+    def names(self) -> list[str]:
+        """Every metric name logged, sorted; one index lookup per name (not a scan of every row)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "WITH RECURSIVE names(name) AS (SELECT MIN(name) FROM metrics UNION ALL "
+                "SELECT (SELECT MIN(name) FROM metrics WHERE name > names.name) FROM names WHERE name IS NOT NULL) "
+                "SELECT name FROM names WHERE name IS NOT NULL")]
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         """(id, time, source, kind, message) of events with id > after_id, oldest first."""

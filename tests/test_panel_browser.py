@@ -5,6 +5,7 @@ and $ROBOT_SQL_ARTIFACTS when set), re-arm through its confirmation, kill the le
 values go stale; a page on another port of the host cannot pause training through the login cookie."""
 import http.server
 import os
+import re
 import shutil
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from robot_sql.ports import free_port, free_port_block
-from robot_sql.rundir import RunDir
+from robot_sql.rundir import MetricsStore, RunDir
 from tests.conftest import require
 from tests.panel_support import ROBOT_SQL, BreakableProxy, kill_pid, start, stop, wait_for, wait_healthy
 
@@ -42,6 +43,10 @@ def simulated_run(tmp_path):
         "stats_every_s": 0.3, "control_bind": f"tcp://127.0.0.1:{actor_control}",
         "control_token_file": str(run.root / "control.token")}))
     run.token("control")  # as the dry run does: the actor reads it, the learner the panel starts keeps it
+    earlier = MetricsStore(RunDir.create(tmp_path / "earlier-run").metrics)  # a run beside it, to compare with
+    earlier.log("learner", 0, {"stein_norm": 0.125})
+    earlier.log("learner", 10, {"stein_norm": 0.25})
+    earlier.close()
     panel = start([ROBOT_SQL, "panel", "--run-dir", str(run.root), "--port", str(panel_port),
                    "--learner-control", f"tcp://127.0.0.1:{learner_port + 2}",
                    "--actor-control", f"tcp://127.0.0.1:{actor_control}",
@@ -55,7 +60,7 @@ def simulated_run(tmp_path):
     launched = []
     try:
         wait_healthy(str(api.base_url).rstrip("/"), panel, tmp_path / "panel.out")
-        yield {"api": api, "launched": launched, "actor": actor, "actor_log": tmp_path / "actor.out", "proxy": proxy,
+        yield {"api": api, "run": run, "launched": launched, "actor": actor, "actor_log": tmp_path / "actor.out", "proxy": proxy,
                "page_url": f"http://127.0.0.1:{proxy.port}"}
     finally:
         proxy.close()
@@ -88,6 +93,74 @@ def no_duplicates(page) -> bool:
     return page.evaluate("""() => Object.values(plots).every((plot) => plot.xs.every((x, i) => i === 0 || x > plot.xs[i - 1]))
         && new Set([...document.querySelectorAll('#events li')].map((item) => item.dataset.id)).size
            === document.querySelectorAll('#events li').length""")
+
+
+def check_curves(page, api, run: RunDir, tmp_path: Path) -> None:
+    """The curves a learning run needs: any metric the server names, hover values, x by updates,
+    zoom, smoothing, one line per actor, and another run of the same runs folder beside this one."""
+    from playwright.sync_api import expect
+
+    wanted = ["stein_norm", "kernel_bandwidth", "q_mean", "soft_value", "episode_length", "actor_loop_period_mean_ms"]
+    page.wait_for_function(f"wanted => wanted.every((name) => [...document.querySelectorAll('#metric-select option')]"
+                           f".some((option) => option.value === name))", arg=wanted, timeout=20_000)
+    offered = page.eval_on_selector_all("#metric-select option", "options => options.map((option) => option.value)")
+    assert set(offered) <= {metric["name"] for metric in api.get("/api/metric-names").json()["metrics"]}
+
+    page.select_option("#metric-select", "stein_norm")
+    page.wait_for_function("explorer.metric === 'stein_norm' && explorer.plot.length >= 2", timeout=20_000)
+    assert page.evaluate("explorer.plot.curve.name") == "stein_norm"
+    drawn = page.evaluate("explorer.plot.series.get('learner').map((point) => point[2])")
+    served = [point[2] for point in api.get("/api/points/stein_norm").json()["points"]]
+    assert drawn == served[:len(drawn)]
+
+    canvas = page.locator("#explorer canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    tip = page.locator("#explorer .plot-tip")
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.6)
+    expect(tip).to_be_visible()
+    expect(tip).to_have_text(re.compile(r"^learner: -?[0-9.e+-]+ at \d\d:\d\d:\d\d$"))
+
+    page.check("input[name=x-axis][value=updates]")
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
+    text = tip.text_content()
+    assert re.fullmatch(r"learner: -?[0-9.e+-]+ at update \d+", text), text
+    steps = {point[1] for point in api.get("/api/points/stein_norm").json()["points"]}
+    assert int(text.rsplit(" ", 1)[1]) in steps
+    assert page.evaluate("explorer.plot.frame.xHigh") <= max(steps)
+
+    span = page.evaluate("explorer.plot.frame.xHigh - explorer.plot.frame.xLow")
+    page.mouse.move(box["x"] + 80, box["y"] + box["height"] * 0.5)  # drag to zoom, double-click to reset
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=4)
+    page.mouse.up()
+    zoomed = page.evaluate("explorer.plot.view")
+    assert zoomed is not None and zoomed[1] - zoomed[0] < 0.6 * span
+    canvas.dblclick()
+    assert page.evaluate("explorer.plot.view") is None
+    page.check("input[name=x-axis][value=time]")
+
+    page.fill("#smoothing", "0.9")  # smoothing: the drawn line is no longer the raw values
+    assert page.evaluate("""() => { const line = explorer.plot.lines()[0].points.map((p) => p[1]);
+        const raw = explorer.plot.series.get('learner').map((p) => p[2]);
+        return line.length === raw.length && line.some((y, i) => Math.abs(y - raw[i]) > 1e-9); }""")
+    page.fill("#smoothing", "0")
+
+    page.select_option("#compare-run", "earlier-run")
+    page.wait_for_function("explorer.plot.compare && explorer.plot.compare.series.size > 0", timeout=10_000)
+    assert page.evaluate("explorer.plot.legend()") == ["learner", "earlier-run: learner"]
+    assert page.evaluate("explorer.plot.compare.series.get('learner').map((p) => p[2])") == [0.125, 0.25]
+    # by wall time the other run starts where this one starts
+    assert page.evaluate("Math.abs(explorer.plot.lines()[1].points[0][0] - explorer.plot.lines()[0].points[0][0])") < 1e-3
+
+    store = MetricsStore(run.metrics)  # a second arm reports: its own line on the live curve
+    store.log("arm-b", 0, {"episode_return": -1.0})
+    store.close()
+    page.wait_for_function("plots.episode_return.legend().includes('arm-b')", timeout=10_000)
+    assert page.evaluate("plots.episode_return.legend()") == ["sim-arm", "arm-b"]
+    page.locator("#curves").screenshot(path=str(tmp_path / "panel-curves.png"))
+    if os.environ.get("ROBOT_SQL_ARTIFACTS"):
+        shutil.copy(tmp_path / "panel-curves.png", Path(os.environ["ROBOT_SQL_ARTIFACTS"]) / "panel-curves.png")
 
 
 def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tmp_path):
@@ -139,6 +212,8 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             assert no_duplicates(page)
             assert page.locator("#events li").count() < 2 * events_before
             assert page.evaluate("plots.q_loss.length") <= len(api.get("/api/series/q_loss").json())
+
+            check_curves(page, api, simulated_run["run"], tmp_path)
 
             # a completed perturbation test, then one that an e-stop aborts
             run_perturbation(2)

@@ -60,6 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from robot_sql import perturbation, sawyer
 from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report, unfinished_report
+from robot_sql.panel.curves import RunsRoot, curves_router
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
 from robot_sql.rundir import MetricsStore, RunDir
@@ -122,6 +123,9 @@ class PanelSettings(Settings):
     # key pair (.key_secret, from `robot-sql keygen`) and the learner's public .key
     curve_secret_key: Path | None = None
     learner_public_key: Path | None = None
+    # the folder of run directories whose curves the page may compare with this run's (default: the
+    # run directory's parent, e.g. runs/); the page reads them, never writes
+    runs_root: Path | None = None
 
     @field_validator("learner_control")
     @classmethod
@@ -704,8 +708,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     def collect(cursor: StreamCursor) -> dict:
         """What is new since `cursor`, which moves past it."""
         points = {}
-        for name in CURVES:
-            rows = store.series(name, cursor.series.get(name, 0.0), limit=2000)
+        for name in CURVES:  # [time, step, value, source]: one line per source (the learner, each actor)
+            rows = store.points(name, cursor.series.get(name, 0.0), limit=2000)
             if rows:
                 cursor.series[name] = rows[-1][0]
                 points[name] = rows
@@ -838,6 +842,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(curves_router(RunsRoot(settings.runs_root or run.root.parent, run), store,
+                                     [Depends(require_token)]))  # any metric, per source, other runs
     app.include_router(api)
     return app
 

@@ -165,6 +165,7 @@ function renderStale(status) {
     actor: status.actors.length && !status.actors.some((link) => link.connected) ? "no actor answering" : null,
   };
   for (const plot of Object.values(plots)) plot.setStale(down[plot.curve.source]);
+  if (explorer.plot) explorer.plot.setStale(down[explorer.plot.curve.source]);
   $("#arm").classList.toggle("stale", Boolean(down.actor));
   $("#arm .stale-note").textContent = down.actor ? `(stale: ${down.actor}; last known values)` : "";
 }
@@ -262,6 +263,126 @@ function refreshFrame() {
   image.src = `/api/frame?n=${frameRefresh++}`;
 }
 
+// ---- curves: any metric, smoothing, x-axis, another run to compare with ----------------------------
+
+// the explorer: one plot of any metric the run logged (names from the server), one line per source,
+// optionally beside the same metric of another run in the runs folder; fed by polling /api/points
+const explorer = { plot: null, metric: null, since: 0, firstTime: null, generation: 0, inflight: null, catalog: {} };
+const EXPLORER_POLL_MS = 2000;
+
+function allPlots() {
+  return Object.values(plots).concat(explorer.plot ? [explorer.plot] : []);
+}
+
+async function getJSON(path) {
+  const response = await fetch(path);
+  const reply = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = typeof reply.detail === "string" ? reply.detail : JSON.stringify(reply.detail);
+    throw new Error(`${path}: ${response.status} ${detail}`);
+  }
+  return reply;
+}
+
+function fillSelect(select, options, keep) {
+  const wanted = options.map(([value, label]) => `${value}\u0000${label}`).join("\u0001");
+  if (select.dataset.options === wanted) return;
+  select.dataset.options = wanted;
+  select.innerHTML = "";
+  for (const [value, label, disabled] of options) {
+    const option = new Option(label, value, false, value === keep);
+    option.disabled = Boolean(disabled);
+    select.add(option);
+  }
+}
+
+async function loadMetricNames() {
+  const reply = await getJSON("/api/metric-names");
+  for (const metric of reply.metrics) explorer.catalog[metric.name] = metric;
+  const select = $("#metric-select");
+  fillSelect(select, reply.metrics.map((metric) => [metric.name, `${metric.title} · ${metric.name}`]), explorer.metric);
+  if (!explorer.metric && reply.metrics.length) {
+    const names = reply.metrics.map((metric) => metric.name);
+    await selectMetric(names.includes("q_mean") ? "q_mean" : names[0]);
+  }
+}
+
+async function loadRuns() {
+  const reply = await getJSON("/api/runs");
+  const keep = $("#compare-run").value;
+  fillSelect($("#compare-run"), [["", "none"]].concat(
+    reply.runs.map((run) => [run.name, run.current ? `${run.name} (this run)` : run.name, run.current])), keep);
+}
+
+async function selectMetric(name) {
+  explorer.generation += 1;
+  explorer.metric = name;
+  explorer.since = 0;
+  explorer.firstTime = null;
+  $("#metric-select").value = name;
+  explorer.plot.reset(explorer.catalog[name] || { name, title: name, window: 1, source: "learner", y_range: null });
+  await pollExplorer();
+  await loadCompare();
+}
+
+async function pollExplorer() {
+  const generation = explorer.generation;
+  if (!explorer.metric || explorer.inflight === generation) return;
+  explorer.inflight = generation;
+  try {
+    const reply = await getJSON(`/api/points/${encodeURIComponent(explorer.metric)}?since=${explorer.since}`);
+    if (generation !== explorer.generation) return;  // another metric was chosen meanwhile
+    explorer.firstTime = reply.first_time;
+    if (reply.points.length) {
+      explorer.since = reply.points[reply.points.length - 1][0];
+      explorer.plot.extend(reply.points);
+    }
+  } catch (error) {
+    showMessage(error.message, true);
+  } finally {
+    if (explorer.inflight === generation) explorer.inflight = null;
+  }
+}
+
+async function loadCompare() {
+  const run = $("#compare-run").value, generation = explorer.generation;
+  if (!run || !explorer.metric) { explorer.plot.setCompare(null); return; }
+  try {
+    const reply = await getJSON(`/api/points/${encodeURIComponent(explorer.metric)}?run=${encodeURIComponent(run)}`);
+    if (generation !== explorer.generation) return;
+    // by wall time the other run is shifted so that both start together (each from its first point of the metric)
+    const shift = explorer.firstTime !== null && reply.first_time !== null ? explorer.firstTime - reply.first_time : 0;
+    explorer.plot.setCompare(run, reply.points, shift);
+    if (!reply.points.length) showMessage(`run ${run} has no ${explorer.metric} points`, false);
+  } catch (error) {
+    showMessage(error.message, true);
+  }
+}
+
+function setUpCurveControls() {
+  explorer.plot = new LinePlot($("#explorer canvas"), { title: "no metric yet", window: 1, source: "learner", y_range: null }, marks);
+  explorer.plot.draw();
+  $("#metric-select").addEventListener("change", (event) => selectMetric(event.target.value));
+  $("#compare-run").addEventListener("focus", () => loadRuns().catch((error) => showMessage(error.message, true)));
+  $("#compare-run").addEventListener("change", loadCompare);
+  $("#smoothing").addEventListener("input", (event) => {
+    plotOptions.smoothing = Number(event.target.value);
+    $("#smoothing-value").textContent = plotOptions.smoothing.toFixed(2);
+    allPlots().forEach((plot) => plot.draw());
+  });
+  for (const radio of document.querySelectorAll("input[name=x-axis]")) {
+    radio.addEventListener("change", (event) => {
+      plotOptions.xAxis = event.target.value;
+      allPlots().forEach((plot) => { plot.view = null; plot.draw(); });  // a zoom in the other unit means nothing now
+    });
+  }
+  const refreshNames = () => loadMetricNames().catch((error) => showMessage(error.message, true));
+  refreshNames();
+  loadRuns().catch((error) => showMessage(error.message, true));
+  setInterval(refreshNames, 5000);  // metrics appear as processes start logging them
+  setInterval(pollExplorer, EXPLORER_POLL_MS);
+}
+
 // ---- the stream --------------------------------------------------------------------------------
 
 // Each update's id says where the stream is; the browser's own reconnect sends it back (Last-Event-ID)
@@ -298,7 +419,10 @@ async function main() {
   for (const [name, curve] of Object.entries(overview.curves)) {
     const canvas = document.createElement("canvas");
     canvas.dataset.curve = name;
-    $("#plots").appendChild(canvas);
+    const box = document.createElement("div");
+    box.className = "plot";
+    box.appendChild(canvas);
+    $("#plots").appendChild(box);
     plots[name] = new LinePlot(canvas, curve, marks);
     plots[name].draw();
   }
@@ -337,7 +461,8 @@ async function main() {
       showMessage(error.message, true);
     }
   });
-  window.addEventListener("resize", () => Object.values(plots).forEach((plot) => plot.draw()));
+  window.addEventListener("resize", () => allPlots().forEach((plot) => plot.draw()));
+  setUpCurveControls();
   connect();
   refreshFrame();
 }
