@@ -468,10 +468,16 @@ class Learner:
         self.outbox.put(("publish", frame))
 
     def checkpoint(self) -> None:
+        """learner.pt (what a restart resumes from), and a copy in the bounded history (robot_sql.checkpoint_history)."""
+        from robot_sql import checkpoint_history
+
         buffer = io.BytesIO()
         torch.save({"agent": self.agent.state_dict(), "sample_rng": json.dumps(self.rng.bit_generator.state)}, buffer)
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
-        self._event("checkpoint", f"checkpoint at {self.agent.updates} updates -> {self.checkpoint_path}")
+        kept = checkpoint_history.record(self.checkpoint_path.parent, buffer.getvalue(), self.agent.updates,
+                                         self.settings.checkpoint_history, self.settings.env)
+        self._event("checkpoint", f"checkpoint at {self.agent.updates} updates -> {self.checkpoint_path}"
+                                  + (f" (kept as history/{kept.name})" if kept else ""))
 
     def _note_silent_actors(self) -> None:
         now = time.time()

@@ -40,6 +40,7 @@ class LearnerSettings(Settings):
     max_replay_bytes: int | None = Field(20 * 1024 ** 3, gt=0)  # the replay log on disk; None: no limit
     publish_every: int = Field(20, ge=1)  # updates between weight versions
     checkpoint_every_s: float = Field(60.0, gt=0)
+    checkpoint_history: int = Field(10, ge=0, le=1000)  # past checkpoints kept in checkpoints/history/ (0: none)
     log_every_s: float = Field(1.0, gt=0)
     max_updates: int | None = Field(None, ge=1)  # stop after this many updates (benchmarks, tests)
     curve_secret_key: FilePath | None = None  # the learner's .key_secret file: turns CURVE on

@@ -6,6 +6,7 @@ Small budgets: MultiGoal with the reference hyperparameters, one torch thread pe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -180,7 +181,7 @@ def test_an_actor_started_before_the_learner_runs_then_connects(service):
 
 
 def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
-    learner = service.learner(checkpoint_every_s=600)
+    learner = service.learner(checkpoint_every_s=600, checkpoint_history=2)
     service.actor("actor-0")
     control = ControlClient(f"tcp://127.0.0.1:{service.port + 2}", timeout_s=10.0, token=service.token)
     wait_for(lambda: (service.learner_status() or {}).get("updates", 0) >= 20, 90, "training to start")
@@ -195,6 +196,9 @@ def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
     wait_for(lambda: control.call("status")["updates"] > paused_at["updates"], 30, "training to resume")
     checkpoint = Path(control.call("checkpoint")["path"])
     assert checkpoint == service.run_dir / "checkpoints" / "learner.pt" and checkpoint.stat().st_size > 0
+    for _ in range(2):  # two more checkpoints, each at more updates: the history keeps the last two
+        updates = control.call("checkpoint")["updates"]
+        wait_for(lambda: control.call("status")["updates"] > updates, 30, "more updates")
     with pytest.raises(ControlError) as error:
         control.call("format_disk")
     assert error.value.kind == "unknown_command"
@@ -202,6 +206,16 @@ def test_learner_control_channel_pauses_resumes_checkpoints_and_stops(service):
     assert learner.wait(30) == 0
     events = [kind for _, _, _, kind, _ in MetricsStore(service.run_dir / "metrics.sqlite").events()]
     assert {"start", "pause", "resume", "checkpoint", "stop", "stopped"} <= set(events)
+    # the history: bounded (4 checkpoints were written, the last at the stop), each kept file loads at its update count
+    history = service.run_dir / "checkpoints" / "history"
+    index = json.loads((history / "index.json").read_text())
+    assert sorted(path.name for path in history.iterdir()) == sorted([entry["name"] for entry in index] + ["index.json"])
+    assert len(index) == 2 and index[0]["updates"] < index[1]["updates"] and index[0]["time"] <= index[1]["time"]
+    for entry in index:
+        state = load_checkpoint(history / entry["name"])
+        assert SoftQLearning.from_state_dict(state["agent"]).updates == entry["updates"]
+        assert entry["name"].startswith(f"learner-u{entry['updates']:09d}-") and entry["env"] == "MultiGoal-v0"
+    assert (history / index[1]["name"]).read_bytes() == (service.run_dir / "checkpoints" / "learner.pt").read_bytes()
 
 
 def test_sigterm_stops_the_learner_cleanly_and_actors_follow_a_new_run(service):
