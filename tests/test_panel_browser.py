@@ -222,8 +222,9 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             expect(report_row.locator("td").nth(4)).to_have_text("completed", timeout=90_000)
             expect(report_row.locator("td").nth(3)).to_have_text("2")
             expect(report_row.locator("td").nth(5)).to_contain_text("/")  # success pushed / untouched
-            report_row.click()
+            report_row.locator("td").nth(4).click()
             expect(page.locator("#report-detail")).to_contain_text("max_deviation_m")
+            completed_report = report_row.locator("td").first.locator("a").get_attribute("href")
             run_perturbation(20)
             expect(page.locator("#perturb-state")).to_contain_text("running", timeout=15_000)
             wait_for(lambda: actor_status()["status"]["perturbing"], 30, "the actor to run the test")
@@ -238,6 +239,7 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             held = actor_status()["status"]
             assert held["estopped"] and held["holding"]
             expect(report_row.locator("td").nth(4)).to_contain_text("aborted", timeout=30_000)
+            aborted_report = report_row.locator("td").first.locator("a").get_attribute("href")
             assert page.evaluate("""() => {  // the health table stays inside its card, clear of the Arm card beside it
                 const training = document.querySelector('#training'), box = document.querySelector('#health').parentElement;
                 return training.getBoundingClientRect().right <= document.querySelector('#arm').getBoundingClientRect().left
@@ -286,6 +288,29 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             expect(page.locator("canvas[data-curve=q_loss]")).to_have_class("stale")
             expect(page.locator("canvas[data-curve=episode_return]")).not_to_have_class("stale")
             assert outside == [], f"the page fetched from outside: {outside}"
+
+            # each report has a page: its parameters and, per trial, the deviation over time drawn from its trace
+            report_page = page  # the panel is done with: the same page, logged in
+            errors = []
+            report_page.on("pageerror", lambda error: errors.append(str(error)))
+            report_page.goto(f"{base}{completed_report}")
+            expect(report_page.locator("#parameters")).to_contain_text("wrench")
+            expect(report_page.locator("#summary")).to_contain_text("success, untouched")
+            expect(report_page.locator(".trial")).to_have_count(2)
+            deviation = report_page.locator(".trial").first.locator("svg.plot path.deviation")
+            expect(deviation).to_have_count(1)
+            assert int(deviation.get_attribute("data-points")) > 20
+            assert len(deviation.get_attribute("d").split("L")) > 20  # a drawn line, not an empty path
+            box = deviation.bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 5
+            expect(report_page.locator(".trial").first.locator("svg.plot path.reference")).to_have_count(1)
+            expect(report_page.locator(".trial").first).to_contain_text(re.compile(r"untouched: (yes|no)"))
+            screenshot(report_page, tmp_path, "report-1280.png")
+            report_page.goto(f"{base}{aborted_report}")
+            expect(report_page.locator("#outcome")).to_contain_text("ABORTED")
+            expect(report_page.locator("#outcome")).to_contain_text("perturb_aborted")
+            expect(report_page.locator("#parameters")).to_contain_text("20")  # the trials asked for
+            assert errors == [] and outside == [], (errors, outside)
         finally:
             browser.close()
 

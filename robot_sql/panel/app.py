@@ -39,6 +39,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -60,6 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from robot_sql import perturbation, sawyer
 from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report, unfinished_report
+from robot_sql.panel import reports as report_pages
 from robot_sql.panel.curves import RunsRoot, curves_router
 from robot_sql.panel.scene import ArmView, RenderError
 from robot_sql.protocol import ControlClient, ControlError
@@ -319,7 +321,7 @@ def files_newest_first(folder: Path, pattern: str) -> list[tuple[Path, os.stat_r
 
 def list_checkpoints(run: RunDir) -> list[dict]:
     return [{"name": path.name, "bytes": info.st_size, "time": info.st_mtime}
-            for path, info in files_newest_first(run.checkpoints, "*")]
+            for path, info in files_newest_first(run.checkpoints, "*") if stat.S_ISREG(info.st_mode)]
 
 
 def list_reports(run: RunDir) -> list[dict]:
@@ -350,9 +352,10 @@ NO_ANSWER = ("timeout", "unreachable", "bad_reply")
 class LinkError(Exception):
     """A control command that failed: no answer (the process is down or too slow), or an error answer."""
 
-    def __init__(self, message: str, answered: bool):
+    def __init__(self, message: str, answered: bool, kind: str = ""):
         super().__init__(message)
         self.answered = answered
+        self.kind = kind  # the ControlError kind: perturb_aborted, perturb_failed, timeout, ...
 
     @property
     def http_status(self) -> int:
@@ -393,7 +396,7 @@ class ProcessLink:
                 self.last_reply_time = time.time()
             self.last_error = f"{command}: {error}"
             verb = "refused" if answered else "did not answer"
-            raise LinkError(f"{self.name} ({self.address}) {verb} {command!r}: {error}", answered) from error
+            raise LinkError(f"{self.name} ({self.address}) {verb} {command!r}: {error}", answered, error.kind) from error
         self.last_reply_time = time.time()
         self.answering = True
         self.last_error = None
@@ -821,8 +824,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
             try:
                 path = save_report(run, link.call("perturb", timeout_s=PERTURBATION_TIMEOUT_S, **spec.model_dump()))
             except (LinkError, ValidationError) as error:
-                # the actor names the exception that ended the test; PerturbationAborted is an e-stop's
-                outcome = "aborted" if "PerturbationAborted" in str(error) else "failed"
+                # an e-stop during the test: the actor answers with its own error kind
+                outcome = "aborted" if getattr(error, "kind", "") == "perturb_aborted" else "failed"
                 path = save_report(run, unfinished_report(spec, outcome, str(error)))
                 perturbation_job.update(state=outcome, error=str(error), report=path.name)
                 record("perturbation", f"{spec.kind} test on {link.name} {outcome}: {error}")
@@ -845,6 +848,7 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
     app.include_router(curves_router(RunsRoot(settings.runs_root or run.root.parent, run), store,
                                      [Depends(require_token)]))  # any metric, per source, other runs
     app.include_router(api)
+    app.include_router(report_pages.create_router(run, require_token, record))  # report pages, checkpoint history
     return app
 
 

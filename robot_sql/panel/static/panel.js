@@ -211,7 +211,14 @@ function renderReports(reports) {
       cell.textContent = text;
       row.appendChild(cell);
     }
-    row.addEventListener("click", async () => {
+    if (!report.error) {  // the report's own page: parameters, per-trial plots
+      const link = document.createElement("a");
+      link.href = `/reports/${encodeURIComponent(report.name.replace(/\.json$/, ""))}`;
+      link.textContent = report.name;
+      row.firstChild.replaceChildren(link);
+    }
+    row.addEventListener("click", async (event) => {
+      if (event.target.closest("a")) return;  // the link opens the page
       const response = await fetch(`/api/reports/${encodeURIComponent(report.name)}`);
       const detail = $("#report-detail");
       detail.textContent = JSON.stringify(await response.json(), null, 2);
