@@ -3,6 +3,8 @@
 Given SQL agents trained on constituent tasks, a fresh sampler is trained by SVGD against
 Q_sum = sum_i Q_i (or their mean, as in the ICRA paper) with every Q_i frozen, on the
 observations of the union of the constituents' replay buffers: no new environment steps.
+Q_sum is built as one QNetwork (`side_by_side`), so the composed agent is an agent like any
+other: the learner can start a run from it (`init`) and keep training on the combined task.
 For max-entropy policies Q_sum bounds the optimal Q of the task with the summed reward:
 Q_sum >= Q*_C >= Q_sum - C*, C* set by the policies' divergence (ICRA 2018, sec. IV).
 """
@@ -13,32 +15,44 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from torch import Tensor, nn
 from tqdm import trange
 
 from robot_sql.config import ConfigError
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, load_checkpoint, save_policy
+from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, linears, load_checkpoint, save_policy
 from robot_sql.train import evaluate, resolve_env_id, write_eval
 
 
-class ComposedQ(nn.Module):
-    """Frozen sum (or mean) of constituent Q-functions; each constituent's twin heads are min-ed first.
-
-    The SVGD step needs only the energy's action gradient, which is the sum (mean) of theirs."""
-
-    def __init__(self, q_functions: list[QNetwork], mean: bool = False):
-        super().__init__()
-        self.q_functions = nn.ModuleList(q_functions).requires_grad_(False)
-        self.mean = mean
-
-    def action_gradient(self, observations: Tensor, actions: Tensor) -> Tensor:
-        total = sum(q.action_gradient(observations, actions) for q in self.q_functions)
-        return total / len(self.q_functions) if self.mean else total
+def side_by_side(q_functions: list[QNetwork], mean: bool = False) -> QNetwork:
+    """One QNetwork whose heads compute sum_i Q_i (or the mean): the constituents' hidden layers
+    side by side, with block-diagonal weights so that no unit sees another constituent's units,
+    and their output layers added. Exact for single-head Q-functions; with twin heads, head h is
+    the sum of the constituents' heads h, and the min is taken over those sums."""
+    shapes = {(q.obs_dim, len(q.heads), len(q.heads[0])) for q in q_functions}
+    if len(shapes) != 1:
+        raise ConfigError(f"constituent Q-networks differ in observation size, heads or depth: {sorted(shapes)}")
+    layers = [linears(q.heads[0], start=0) for q in q_functions]
+    hidden = tuple(sum(constituent[k].out_features for constituent in layers) for k in range(len(layers[0]) - 1))
+    in_features = layers[0][0].in_features
+    merged = QNetwork(q_functions[0].obs_dim, in_features - q_functions[0].obs_dim, hidden, twin=len(q_functions[0].heads) == 2)
+    scale = 1.0 / len(q_functions) if mean else 1.0
+    with torch.no_grad():
+        for h, head in enumerate(merged.heads):
+            parts = [linears(q.heads[h], start=0) for q in q_functions]
+            target = linears(head, start=0)
+            target[0].weight.copy_(torch.cat([p[0].weight for p in parts], dim=0))  # every unit sees [s, a]
+            target[0].bias.copy_(torch.cat([p[0].bias for p in parts]))
+            for k in range(1, len(target) - 1):
+                target[k].weight.copy_(torch.block_diag(*[p[k].weight for p in parts]))
+                target[k].bias.copy_(torch.cat([p[k].bias for p in parts]))
+            target[-1].weight.copy_(scale * torch.cat([p[-1].weight for p in parts], dim=1))
+            target[-1].bias.copy_(scale * sum(p[-1].bias for p in parts))
+    return merged
 
 
 def compose(checkpoints: list[Path], env_id: str, out: Path, mean: bool, updates: int, seed: int, episodes: int, progress: bool = True) -> dict:
-    """Train a sampler against the composed Q; write out/policy.pt and out/eval.json on `env_id`."""
+    """Train a sampler against the composed Q; write out/agent.pt (composed Q and sampler: the learner's
+    `init`), out/policy.pt and out/eval.json on `env_id`."""
     if len(checkpoints) < 2:
         raise ConfigError("compose needs at least two checkpoints")
     constituents = [SoftQLearning.from_state_dict(load_checkpoint(path), device="cpu") for path in checkpoints]
@@ -47,16 +61,19 @@ def compose(checkpoints: list[Path], env_id: str, out: Path, mean: bool, updates
         raise ConfigError(f"checkpoints disagree on (obs_dim, act_dim): {sorted(dims)}")
     observations = np.concatenate([load_replay(path).contents()["observations"] for path in checkpoints])
 
+    q = side_by_side([agent.q for agent in constituents], mean=mean)
     base = constituents[0].config
-    config = SQLConfig(**{**vars(base), "seed": seed})
+    config = SQLConfig(**{**vars(base), "seed": seed, "q_hidden_sizes": tuple(linear.out_features for linear in linears(q.heads[0], 0)[:-1])})
     composed = SoftQLearning(config)
-    composed.q = ComposedQ([agent.q.to(composed.device) for agent in constituents], mean=mean)
+    composed.q.load_state_dict(q.state_dict())
+    composed.q_target.load_state_dict(q.state_dict())  # the Q-function stays fixed: only the sampler learns
     rng = np.random.default_rng(seed)
     for _ in trange(updates, disable=not progress, desc="compose", unit="update"):
         batch = observations[rng.integers(0, len(observations), size=config.batch_size)]
         composed.update_sampler(torch.as_tensor(batch, device=composed.device))
 
     out.mkdir(parents=True, exist_ok=True)
+    composed.save(out / "agent.pt")
     save_policy(composed.sampler, out / "policy.pt")
     result = evaluate(composed, env_id, episodes, seed=seed + 10_000)
     write_eval(result, out, env_id)

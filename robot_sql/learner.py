@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -52,8 +53,8 @@ from robot_sql.protocol import (MAX_STATS_VALUES, STATS_NAMES, ProtocolError, Re
 from robot_sql.replay_store import ReplayStore
 from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
-from robot_sql.sql import SoftQLearning, load_checkpoint
-from robot_sql.train import check_box_spaces, make_sql_config, preset
+from robot_sql.sql import SoftQLearning, SQLConfig, load_checkpoint
+from robot_sql.train import check_box_spaces, initial_agent, make_sql_config, preset
 
 SOURCE = "learner"
 VERSION_BLOCK = 1000  # weight versions reserved on disk at a time
@@ -144,20 +145,25 @@ class Learner:
     def _load(self, run: RunDir, settings: LearnerSettings) -> None:
         env = make_env(settings.env)  # for its spaces and the per-env SQL preset
         config = make_sql_config(env, settings.env, settings.sql, settings.seed)
-        env.close()
         self.utd_ratio = settings.utd_ratio or preset(settings.env).updates_per_step
         checkpoint_path = run.checkpoints / "learner.pt"
-        if checkpoint_path.exists():
-            state = load_checkpoint(checkpoint_path)
+        saved, unreadable = self._saved_state(run)
+        if saved is not None:
+            state, path = saved
             self.agent = SoftQLearning.from_state_dict(state["agent"], device=settings.device)
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = json.loads(state["sample_rng"])
-            log.info("resuming from %s at %d updates", checkpoint_path, self.agent.updates)
+            log.info("resuming from %s at %d updates", path, self.agent.updates)
             if self.agent.config != config:
                 log.warning("the checkpoint's SQL settings differ from the configured ones; the checkpoint's are used")
+        elif settings.init is not None:  # a new run from a trained or composed agent (robot-sql train / compose)
+            self.agent = initial_agent(settings.init, env, settings.env, settings.sql, device=settings.device)
+            self.rng = np.random.default_rng(config.seed)
+            log.info("starting from %s (%d updates there)", settings.init, self.agent.updates)
         else:
             self.agent = SoftQLearning(config, device=settings.device)
             self.rng = np.random.default_rng(config.seed)
+        env.close()
         self.store = ReplayStore(run.replay, config.obs_dim, config.act_dim, settings.replay_capacity,
                                  settings.max_batch_transitions, max_abs_value=settings.max_abs_value,
                                  max_frame_bytes=settings.max_frame_bytes)
@@ -167,6 +173,8 @@ class Learner:
                         settings.max_abs_value)
         self.versions = WeightVersions(run.root / "weight_version.json")
         self.metrics = MetricsStore(run.metrics)
+        for path, error in unreadable:
+            self._event("checkpoint_damaged", f"checkpoint {path.name} cannot be read ({error}); an older one was used")
         for damage in self.store.damage[:MAX_DAMAGE_EVENTS]:
             self._event("replay_damaged", f"replay log {damage['segment']} is damaged at byte {damage['offset']}: "
                                           f"{damage['bytes']} bytes skipped, the transitions there are lost")
@@ -188,6 +196,29 @@ class Learner:
         self.total_bucket = None if rate is None else self._new_bucket(rate)
         self.update_rate = self.ingest_rate = 0.0
         self.skipped_updates = self.nonfinite_in_a_row = 0
+
+    @staticmethod
+    def _saved_state(run: RunDir) -> tuple[tuple[dict, Path] | None, list[tuple[Path, str]]]:
+        """The newest checkpoint of the run that reads back whole: learner.pt, else the history's, newest
+        first; and the ones that did not. None for a new run; a ConfigError when none reads."""
+        from robot_sql import checkpoint_history
+
+        folder = checkpoint_history.history_folder(run.checkpoints)
+        candidates = [run.checkpoints / "learner.pt"]
+        candidates += [folder / entry["name"] for entry in reversed(checkpoint_history.read_index(folder))]
+        unreadable = []
+        for path in filter(Path.exists, candidates):
+            try:
+                state = load_checkpoint(path)
+                SQLConfig(**state["agent"]["config"])  # the part read before any tensor is used
+                return (state, path), unreadable
+            except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
+                log.error("checkpoint %s cannot be read: %s", path, error)
+                unreadable.append((path, str(error)))
+        if unreadable:
+            raise ConfigError(f"no checkpoint of {run.root} can be read ({unreadable[0][1]}); "
+                              f"move {run.checkpoints} aside to start the run's training afresh")
+        return None, unreadable
 
     def _check_data(self, message) -> None:
         """The learner's own checks of a data frame (a ProtocolError refuses it, counted and answered)."""
@@ -530,11 +561,13 @@ def check_device(device: str) -> None:
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Run directory (created, or resumed if it exists).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with LearnerSettings.")
 @click.option("--port", type=int, help="Data port (weights on PORT+1, control on PORT+2); overrides the config.")
-def learner_command(run_dir: str, config_file: str | None, port: int | None) -> None:
+@click.option("--init", type=click.Path(dir_okay=False), help="Agent checkpoint a new run starts from (robot-sql train's "
+              "or compose's agent.pt); overrides the config. A run with a checkpoint of its own resumes from that instead.")
+def learner_command(run_dir: str, config_file: str | None, port: int | None, init: str | None) -> None:
     """Receive transitions from actors, train soft Q-learning, publish weights."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     refuse_unknown_environment(LearnerSettings)
-    settings = load_settings(LearnerSettings, config_file, port=port)
+    settings = load_settings(LearnerSettings, config_file, port=port, init=init)
     check_device(settings.device)
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)

@@ -28,6 +28,9 @@ class LearnerSettings(Settings):
     torch_threads: int | None = Field(None, ge=1)  # CPU threads for updates; None = torch's default
     seed: int = 0
     sql: dict[str, Any] = {}  # SQLConfig fields other than obs_dim / act_dim, over the env's preset
+    # agent checkpoint a new run starts from (robot-sql train's or compose's agent.pt); a run that has a
+    # checkpoint of its own resumes from that and ignores this
+    init: FilePath | None = None
     utd_ratio: float | None = Field(None, gt=0)  # SQL updates per transition received; None: the env's preset
     min_replay: int = Field(1000, ge=1)  # transitions stored before the first update
     replay_capacity: int = Field(1_000_000, ge=1)

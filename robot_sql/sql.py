@@ -17,6 +17,8 @@ import copy
 import io
 import itertools
 import math
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
@@ -38,6 +40,9 @@ class SQLConfig:
     obs_dim: int
     act_dim: int
     hidden_sizes: tuple[int, ...] = (128, 128)
+    # the Q-network's layers when they differ from the sampler's (a composed agent's Q-network is its
+    # constituents' side by side, robot_sql/compose.py); None: hidden_sizes
+    q_hidden_sizes: tuple[int, ...] | None = None
     kernel_particles: int = 16  # K: actions drawn per state for the SVGD update
     kernel_update_ratio: float = 0.5  # fraction of the K particles that are "updated" (the rest are "fixed")
     value_particles: int = 16  # M: uniform actions for the importance-sampled soft value
@@ -54,11 +59,15 @@ class SQLConfig:
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(size) for size in self.hidden_sizes)
+        if self.q_hidden_sizes is not None:
+            self.q_hidden_sizes = tuple(int(size) for size in self.q_hidden_sizes)
         problems = []
         if self.obs_dim < 1 or self.act_dim < 1:
             problems.append(f"obs_dim and act_dim must be >= 1 (got {self.obs_dim}, {self.act_dim})")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            problems.append(f"hidden_sizes must be non-empty and positive (got {self.hidden_sizes})")
+        for name in ("hidden_sizes", "q_hidden_sizes"):
+            sizes = getattr(self, name)
+            if sizes is not None and (not sizes or min(sizes) < 1):
+                problems.append(f"{name} must be non-empty and positive (got {sizes})")
         if not 0.0 < self.kernel_update_ratio < 1.0:
             problems.append(f"kernel_update_ratio must be in (0, 1) (got {self.kernel_update_ratio})")
         n_updated = int(self.kernel_particles * self.kernel_update_ratio)
@@ -356,7 +365,8 @@ class SoftQLearning:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         torch.manual_seed(config.seed)  # network initialisation
-        self.q = QNetwork(config.obs_dim, config.act_dim, config.hidden_sizes, config.twin_q).to(self.device)
+        self.q = QNetwork(config.obs_dim, config.act_dim, config.q_hidden_sizes or config.hidden_sizes,
+                          config.twin_q).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # initial copy, as in the reference
         self.sampler = Sampler(config.obs_dim, config.act_dim, config.hidden_sizes).to(self.device)
         # fused: one kernel for all parameters instead of a dozen small ops per parameter
@@ -365,7 +375,7 @@ class SoftQLearning:
         self.updates = 0
 
     # fixed by the networks a checkpoint holds
-    ARCHITECTURE = ("obs_dim", "act_dim", "hidden_sizes", "twin_q")
+    ARCHITECTURE = ("obs_dim", "act_dim", "hidden_sizes", "q_hidden_sizes", "twin_q")
 
     def reconfigure(self, changes: Mapping[str, object]) -> None:
         """Change training settings of an existing agent (fine-tuning), through SQLConfig's checks."""
@@ -570,10 +580,19 @@ def load_policy(path: str | Path) -> Sampler:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True: a checkpoint can never execute code."""
+    """torch.load with weights_only=True: a checkpoint can never execute code. The zip archive's CRCs
+    are checked first (ValueError): torch does not check them, and a flipped byte in a tensor would
+    load as a wrong weight."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise ValueError(f"{path} is not a checkpoint or is damaged ({error})") from error
+    if damaged is not None:
+        raise ValueError(f"{path} is damaged: {damaged} fails its CRC check")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,6 +38,10 @@ ENV_ALIASES = {
     "sawyer-reach": "SawyerReach-v0",
     "sawyer-reach-near": "SawyerReachNear-v0",
     "sawyer-lego": "SawyerLegoStack-v0",
+    "sawyer-stack": "SawyerStack-v0",
+    "sawyer-avoid": "SawyerAvoid-v0",
+    "sawyer-stack-avoid": "SawyerStackAvoid-v0",
+    "sawyer-pretrain": "SawyerPretrain-v0",
 }
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ PRESETS: dict[str, Preset] = {
     "SawyerReach-v0": SAWYER_REACH,
     "SawyerReachNear-v0": SAWYER,  # CI's budget: measured at four (tests/test_sim_learning.py)
     "SawyerLegoStack-v0": SAWYER,
+    "SawyerStack-v0": SAWYER,
+    "SawyerAvoid-v0": SAWYER,
+    "SawyerStackAvoid-v0": SAWYER,
+    # networks and training settings as the tasks it pretrains for, so a checkpoint fine-tunes on them
+    "SawyerPretrain-v0": SAWYER,
 }
 
 
@@ -140,6 +150,25 @@ def make_sql_config(env: gymnasium.Env, env_id: str, overrides: dict[str, Any], 
         raise ConfigError(f"invalid SQL settings: {problems}") from error
 
 
+def initial_agent(path: Path, env: gymnasium.Env, env_id: str, overrides: dict[str, Any],
+                  device: str = "auto") -> SoftQLearning:
+    """The agent of a checkpoint (train's or compose's agent.pt) to go on training on `env_id`, with the
+    `overrides` of its training settings (its networks stay as they are); a mismatch is a ConfigError."""
+    try:
+        agent = SoftQLearning.from_state_dict(load_checkpoint(path), device=device)
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"init checkpoint {path}: not an agent checkpoint ({type(error).__name__}: {error})") from error
+    expected = (env.observation_space.shape[0], env.action_space.shape[0])
+    if (agent.config.obs_dim, agent.config.act_dim) != expected:
+        raise ConfigError(f"init checkpoint {path} has (obs, act) dims {(agent.config.obs_dim, agent.config.act_dim)}, "
+                          f"{env_id} needs {expected}")
+    try:
+        agent.reconfigure(overrides)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"init checkpoint {path} with sql overrides: {error}") from error
+    return agent
+
+
 def check_box_spaces(env: gymnasium.Env, env_id: str) -> None:
     obs_space, act_space = env.observation_space, env.action_space
     if not (isinstance(obs_space, gymnasium.spaces.Box) and len(obs_space.shape) == 1):
@@ -163,14 +192,7 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
     torch.set_num_threads(settings.torch_threads)
     env = gymnasium.make(env_id)
     if init is not None:
-        agent = SoftQLearning.from_state_dict(load_checkpoint(init))
-        expected = (env.observation_space.shape[0], env.action_space.shape[0])
-        if (agent.config.obs_dim, agent.config.act_dim) != expected:
-            raise ConfigError(f"--init checkpoint has (obs, act) dims {(agent.config.obs_dim, agent.config.act_dim)}, {env_id} needs {expected}")
-        try:
-            agent.reconfigure(settings.sql)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"--init with sql overrides: {error}") from error
+        agent = initial_agent(init, env, env_id, settings.sql)
     else:
         agent = SoftQLearning(make_sql_config(env, env_id, settings.sql, settings.seed))
     start_scale = agent.config.reward_scale
@@ -232,7 +254,7 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
 
 
 # what a periodic evaluation adds to its metrics.jsonl row, as eval_<key>
-EVAL_KEYS = ("success_rate", "mean_return", "final_position_error", "final_orientation_error")
+EVAL_KEYS = ("success_rate", "mean_return", "final_position_error", "final_orientation_error", "collision_rate")
 
 
 def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: int) -> dict[str, Any]:
@@ -248,7 +270,7 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
     else:
         act = policy.act
     env = gymnasium.make(env_id)
-    returns, successes, trajectories, final_errors = [], [], [], []
+    returns, successes, trajectories, final_errors, collision_steps = [], [], [], [], []
     goal_counts = None
     goal_index = getattr(env.unwrapped, "goal_index", None)
     if goal_index is not None:
@@ -263,6 +285,8 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
             done = terminated or truncated
         returns.append(total)
         successes.append(bool(info.get("is_success", False)))
+        if "collision_steps" in info:
+            collision_steps.append(info["collision_steps"])
         trajectories.append(np.asarray(path))
         if "position_error" in info:
             final_errors.append((info["position_error"], info["orientation_error"]))
@@ -278,6 +302,9 @@ def evaluate(policy: SoftQLearning | Sampler, env_id: str, episodes: int, seed: 
     if final_errors:  # pose tasks: where the episodes ended (median over episodes)
         position, orientation = np.median(np.asarray(final_errors), axis=0)
         result.update(final_position_error=float(position), final_orientation_error=float(orientation))
+    if collision_steps:  # the obstacle tasks: episodes that touched the obstacle at least once
+        result.update(collision_rate=float(np.mean(np.asarray(collision_steps) > 0)),
+                      mean_collision_steps=float(np.mean(collision_steps)))
     result["trajectories"] = trajectories  # for the plot; not written to eval.json
     return result
 

@@ -29,7 +29,7 @@ def clean_environment(**variables: str) -> dict[str, str]:
 def refuse(args: list[str], **variables: str) -> str:
     """Run `robot-sql ARGS`, expect status 2 and exactly one line of output; return it."""
     result = subprocess.run([ROBOT_SQL, *args], env=clean_environment(**variables), capture_output=True, text=True,
-                            timeout=30)
+                            timeout=180)  # seconds on a quiet machine; a start takes longer under load
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 2, output
     assert "Traceback" not in output and len(output.splitlines()) == 1, output
@@ -164,3 +164,97 @@ def test_an_actor_control_channel_without_a_token_file_is_one_line_and_status_2(
     assert "control_token_file" in line and "control.token" in line and "control_bind: ''" in line, line
     line = refuse(["actor", "--env", "MultiGoal-v0", "--control-token-file", str(tmp_path / "missing.token")])
     assert "control_token_file" in line and "missing.token" in line, line
+
+
+def composed_agent(tmp_path: Path) -> Path:
+    """compose's agent.pt from two small untrained MultiGoal agents (their replay.npz beside them)."""
+    from robot_sql.compose import compose
+    from robot_sql.replay import ReplayBuffer
+    from robot_sql.sql import SoftQLearning, SQLConfig
+
+    checkpoints = []
+    for seed in (1, 2):
+        folder = tmp_path / f"constituent{seed}"
+        folder.mkdir()
+        SoftQLearning(SQLConfig(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), batch_size=8, seed=seed)).save(folder / "agent.pt")
+        replay = ReplayBuffer(2, 2, 100)
+        for _ in range(20):
+            replay.add(torch.rand(2).numpy(), torch.rand(2).numpy(), 0.0, torch.rand(2).numpy(), False)
+        replay.save(folder / "replay.npz")
+        checkpoints.append(folder / "agent.pt")
+    compose(checkpoints, "MultiGoal-v0", tmp_path / "composed", mean=False, updates=3, seed=0, episodes=1, progress=False)
+    return tmp_path / "composed" / "agent.pt"
+
+
+def test_a_new_run_starts_from_a_composed_agent_and_a_resumed_run_ignores_init(tmp_path):
+    from robot_sql.sql import load_checkpoint
+
+    init = composed_agent(tmp_path)
+    composed = load_checkpoint(init)
+    assert tuple(composed["config"]["q_hidden_sizes"]) == (32, 32)  # the two constituents' Q side by side
+    run, port = tmp_path / "run", free_port_block(3)
+    config = write_config(tmp_path / "learner.yaml", port)
+    process = start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(config), "--init", str(init)],
+                    tmp_path / "learner.log", clean_environment())
+    try:
+        wait_for(lambda: learner_status(port, run), 60, "the learner started from the composed agent")
+        ControlClient(f"tcp://127.0.0.1:{port + 2}", timeout_s=30.0, token=run_token(run)).call("checkpoint")
+    finally:
+        stop(process)
+    started = load_checkpoint(run / "checkpoints" / "learner.pt")["agent"]
+    assert tuple(started["config"]["q_hidden_sizes"]) == (32, 32)
+    for network in ("q", "sampler"):  # no actor, no update: exactly the composed networks
+        for name, value in composed[network].items():
+            assert torch.equal(started[network][name], value), (network, name)
+
+    # the run now has a checkpoint of its own: an init given on a restart is not used; and with one byte of
+    # learner.pt flipped (torch itself would load it, a weight changed) it resumes from the history's copy
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not read")
+    flip_middle_byte(run / "checkpoints" / "learner.pt")
+    process = start([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(config), "--init", str(other)],
+                    tmp_path / "resumed.log", clean_environment())
+    try:
+        wait_for(lambda: learner_status(port, run), 60, "the resumed learner")
+    finally:
+        stop(process)
+    log = (tmp_path / "resumed.log").read_text()
+    assert "learner.pt is damaged" in log and "resuming from" in log and "history/learner-u" in log, log
+
+    for kept in (run / "checkpoints").glob("**/learner*.pt"):  # nothing whole left: refused, not guessed
+        flip_middle_byte(kept)
+    result = subprocess.run([ROBOT_SQL, "learner", "--run-dir", str(run), "--config", str(config)],
+                            env=clean_environment(), capture_output=True, text=True, timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    assert "no checkpoint" in output.splitlines()[-1] and output.count("cannot be read") == 2, output  # one per file
+
+
+def flip_middle_byte(path: Path) -> None:
+    """Flip one byte in the middle of the checkpoint's largest tensor (torch's zip has padding that no
+    reader looks at: a flip there changes nothing)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.compress_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, largest.header_offset + 26)  # the local header
+    start = largest.header_offset + 30 + name_length + extra_length
+    data[start + largest.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_an_init_checkpoint_that_is_not_an_agent_for_the_env_is_one_line_and_status_2(tmp_path):
+    from robot_sql.sql import SoftQLearning, SQLConfig, save_policy
+
+    agent = SoftQLearning(SQLConfig(obs_dim=2, act_dim=2, hidden_sizes=(8, 8)))
+    save_policy(agent.sampler, tmp_path / "policy.pt")  # a policy alone: no Q-function to go on training
+    SoftQLearning(SQLConfig(obs_dim=3, act_dim=2, hidden_sizes=(8, 8))).save(tmp_path / "wrong_dims.pt")
+    agent.save(tmp_path / "damaged.pt")
+    flip_middle_byte(tmp_path / "damaged.pt")
+    for name, expected in (("policy.pt", "not an agent checkpoint"), ("wrong_dims.pt", "(3, 2)"),
+                           ("damaged.pt", "CRC"), ("missing.pt", "init")):
+        run = tmp_path / f"run-{name}"
+        line = refuse(["learner", "--run-dir", str(run), "--port", str(free_port_block(3)), "--init", str(tmp_path / name)])
+        assert expected in line and (name in line or name == "missing.pt"), line

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from robot_sql.config import ConfigError
 from robot_sql.replay import ReplayBuffer
 from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, adam_step, rbf_kernel, soft_value, stein_direction
 
@@ -285,3 +286,21 @@ def test_replay_buffer_wraps_and_validates():
     with pytest.raises(ValueError, match=r"\['observations'\] has shape"):
         buffer.add(np.zeros(4), np.zeros(2), 0.0, np.zeros(3), False)
     assert len(buffer) == 20
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_composed_q_network_is_the_sum_or_mean_of_its_constituents(twin):
+    from robot_sql.compose import side_by_side
+    from robot_sql.sql import QNetwork
+
+    torch.manual_seed(0)
+    constituents = [QNetwork(5, 3, (16, 8), twin=twin) for _ in range(3)]
+    observations, actions = torch.randn(40, 5), torch.randn(40, 3)
+    total = sum(q(observations, actions) for q in constituents)  # per head
+    assert torch.allclose(side_by_side(constituents)(observations, actions), total, atol=1e-5)
+    assert torch.allclose(side_by_side(constituents, mean=True)(observations, actions), total / 3, atol=1e-5)
+    if not twin:  # what the composed sampler follows: the sum of the constituents' action gradients
+        expected = sum(q.action_gradient(observations, actions) for q in constituents)
+        assert torch.allclose(side_by_side(constituents).action_gradient(observations, actions), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="depth"):
+        side_by_side([constituents[0], QNetwork(5, 3, (16,), twin=twin)])
