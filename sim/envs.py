@@ -7,6 +7,11 @@
   (robot_sql/tasks/lego.py).
 - `SawyerPretrain-v0`: move the end effector fast in any direction (the SQL paper's
   pretraining task); reward = end-effector speed (m/s).
+- The obstacle tasks (composition, ICRA 2018): a wall stands between the start pose and a brick
+  at one fixed place (sim/scenes.py OBSTACLE). `SawyerStack-v0`: seat the brick, the wall is
+  ignored; `SawyerAvoid-v0`: stay clear of the wall (reward = -COLLISION_COST per step within
+  COST_MARGIN of it, nothing else); `SawyerStackAvoid-v0`: both, the sum of the two rewards (the
+  task whose Q a sum of the two constituents' Q bounds). All three count collisions in `info`.
 
 Observation, action, reward and success are defined once, in robot_sql/tasks/pose_task.py,
 and shared with the real arm. An env step sends one velocity command and integrates the
@@ -22,7 +27,8 @@ import numpy as np
 
 from robot_sql import sawyer
 from robot_sql.sim.sawyer import MujocoSawyer
-from robot_sql.sim.scenes import brick_grip_opening, build_model, table_height
+from robot_sql.sim.scripted import joints_reaching
+from robot_sql.sim.scenes import arm_geoms, brick_grip_opening, build_model, table_height
 from robot_sql.tasks import lego
 from robot_sql.tasks.pose_task import ACTION_SIZE, OBSERVATION_SIZE, PoseTask, SuccessTimer, action_to_velocity, observation
 from robot_sql.tasks.poses import Pose, quat_from_axis_angle, quat_multiply
@@ -196,3 +202,81 @@ class SawyerPretrainEnv(SawyerPoseEnv):
 
     def _within_tolerance(self, hand: Pose) -> bool:
         return False  # no target to reach: episodes run to the time limit
+
+
+class SawyerStackEnv(SawyerLegoStackEnv):
+    """Seat the brick on a brick at one fixed place, with the obstacle scene's wall in the way.
+
+    The reward is the Lego task's own; the wall costs nothing (subclasses charge for it), but every
+    env of the family reports `collision` (an arm, gripper or brick geom touches the wall at the
+    end of this step) and `collision_steps` (so far this episode) in `info`. The wall is 5 cm
+    thick and the hand moves at most ~2 cm per step, so a check per step cannot miss it."""
+
+    scene = "obstacle"
+    # the reach task's tolerance (1 cm, 6 degrees, held 0.25 s), not the seat's 3 mm and 3 degrees: the
+    # Lego precision took 36,000 steps per seed (docs/sim.md), beyond the composition study's budget
+    task = PoseTask(position_tolerance=0.01, orientation_tolerance=np.deg2rad(6.0), hold_time=0.25)
+    FIXED_BRICK = (0.66, 0.14, SawyerLegoStackEnv.BRICK_YAW)  # x, y (m, in base), yaw (rad)
+    default_episode_seconds = 10.0
+    COLLISION_COST = 0.0  # reward per step within COST_MARGIN of the wall
+    COST_MARGIN = 0.01  # m
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._obstacle = self.robot.model.geom("obstacle").id
+        self._arm_geoms = arm_geoms(self.robot.model)
+        self._fromto = np.zeros(6)
+        self.collision_steps = 0
+
+    def _new_episode(self) -> None:
+        self._reset_arm_near_neutral()
+        self.robot.set_gripper(brick_grip_opening())
+        self.set_fixed_brick(lego.fixed_brick_pose(*self.FIXED_BRICK, table_height(self.robot.model)))
+        self.collision_steps = 0
+
+    def obstacle_clearance(self) -> float:
+        """Smallest distance (m) between the wall and the arm's geoms; <= 0 when they touch."""
+        model, data = self.robot.model, self.robot.data
+        limit = self.COST_MARGIN + 0.01
+        return min(mujoco.mj_geomDistance(model, data, self._obstacle, geom, limit, self._fromto)
+                   for geom in self._arm_geoms)
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = super().step(action)
+        clearance = self.obstacle_clearance()
+        collision = clearance <= 0.0
+        self.collision_steps += collision
+        if clearance < self.COST_MARGIN:
+            reward -= self.COLLISION_COST
+        return observation, reward, terminated, truncated, {**info, "collision": collision,
+                                                            "collision_steps": self.collision_steps}
+
+
+class SawyerStackAvoidEnv(SawyerStackEnv):
+    """SawyerStack-v0 with the wall charged for: the combined task of the composition experiment."""
+
+    COLLISION_COST = 5.0  # as the authors' real-Sawyer avoid task (docs: reference, soft-q-learning.md)
+
+
+class SawyerAvoidEnv(SawyerStackAvoidEnv):
+    """Only stay clear of the wall: no reward for the brick and no success (episodes run to the time
+    limit). The observation is the stack task's, so its Q-function can be summed with the stack's.
+
+    Episodes start with the hand anywhere in START_BOX (tool at the target's orientation), around
+    and inside the wall: started near neutral only, the avoid agent never saw the states where a
+    stack policy meets the wall, and its Q-function was flat there (its composition with the
+    stack agent sat in the wall for 180 of 200 steps, docs/sql.md)."""
+
+    START_BOX = (np.array([0.45, 0.0, 0.12]), np.array([0.72, 0.28, 0.34]))  # right_hand, m in base
+
+    def _new_episode(self) -> None:
+        super()._new_episode()
+        start = (self.np_random.uniform(*self.START_BOX), self.target[1])
+        joints_reaching(self.robot, start)
+        self.robot.set_gripper(brick_grip_opening())
+
+    def _reward(self, hand: Pose, previous_hand: Pose) -> float:
+        return 0.0
+
+    def _within_tolerance(self, hand: Pose) -> bool:
+        return False

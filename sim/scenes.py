@@ -2,7 +2,8 @@
 
 `build_model("arm")` is the Sawyer on its pedestal (reach and pretraining);
 `build_model("lego")` adds the table, a fixed brick (moved by the env) and a brick held in
-the gripper. The bricks are generated from robot_sql/tasks/lego.py so the simulator and the
+the gripper; `build_model("obstacle")` is the Lego scene with a wall (OBSTACLE) standing on the
+table between the start pose and the brick of the obstacle tasks. The bricks are generated from robot_sql/tasks/lego.py so the simulator and the
 task's target pose can never disagree about them.
 """
 from __future__ import annotations
@@ -15,7 +16,13 @@ import numpy as np
 from robot_sql.tasks import lego
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-SCENES = {"arm": "scene.xml", "lego": "lego.xml"}
+SCENES = {"arm": "scene.xml", "lego": "lego.xml", "obstacle": "lego.xml"}
+# the obstacle scene's wall, in base: centre and half sizes (m). It spans y 0.02..0.26 and rises
+# 16 cm from the table, higher than the held brick's underside at the start, so a hand moving
+# straight towards the brick of the obstacle tasks runs the brick into it. It is a region, not
+# a solid (it never pushes the arm): the envs count touching it as a collision and may charge for it.
+OBSTACLE = (np.array([0.575, 0.14, 0.08]), np.array([0.025, 0.12, 0.08]))
+OBSTACLE_RGBA = [0.95, 0.55, 0.1, 0.45]
 BRICK_RGBA = {"fixed_brick": [0.1, 0.35, 0.8, 1.0], "held_brick": [0.85, 0.15, 0.1, 1.0]}
 BRICK_MASS = 0.0023  # kg
 
@@ -36,7 +43,7 @@ def build_model(scene: str = "arm") -> mujoco.MjModel:
     if scene not in SCENES:
         raise ValueError(f"unknown scene {scene!r}; known: {sorted(SCENES)}")
     spec = mujoco.MjSpec.from_file(str(ASSETS / SCENES[scene]))
-    if scene == "lego":
+    if scene in ("lego", "obstacle"):
         # the fixed brick is static (part of the world); the env moves it between episodes
         _add_brick(spec.worldbody, "fixed_brick", pos=[0.6, 0.1, lego.BRICK_SIZE[2] / 2], quat=[1, 0, 0, 0],
                    contype=0, conaffinity=1)
@@ -44,6 +51,10 @@ def build_model(scene: str = "arm") -> mujoco.MjModel:
         held_pos, held_quat = lego.HELD_BRICK_IN_HAND
         _add_brick(spec.body("right_gripper_base"), "held_brick", pos=held_pos, quat=held_quat,
                    contype=1, conaffinity=0)
+    if scene == "obstacle":
+        centre, half_size = OBSTACLE
+        spec.worldbody.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_BOX, pos=centre, size=half_size,
+                                rgba=OBSTACLE_RGBA, contype=0, conaffinity=0)
     return spec.compile()
 
 
@@ -51,6 +62,11 @@ def table_height(model: mujoco.MjModel) -> float:
     """z of the table top in `base`."""
     table = model.geom("table")
     return float(table.pos[2] + table.size[2])
+
+
+def arm_geoms(model: mujoco.MjModel) -> list[int]:
+    """The geoms that can collide on the arm side: the links, gripper and held brick (contype 1)."""
+    return [geom for geom in range(model.ngeom) if model.geom_contype[geom] == 1]
 
 
 def brick_grip_opening() -> float:

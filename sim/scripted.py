@@ -12,6 +12,7 @@ import mujoco
 import numpy as np
 
 from robot_sql import sawyer
+from robot_sql.robot import clip_position
 from robot_sql.sim.sawyer import MujocoSawyer
 from robot_sql.tasks.poses import Pose, pose_error
 
@@ -39,6 +40,18 @@ class DLSController:
         """The same as a normalised env action in [-1, 1]^7 (robot_sql/tasks/pose_task.py)."""
         scaled = self.joint_velocity(target) / (velocity_fraction * sawyer.VELOCITY_LIMITS)
         return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+
+def joints_reaching(robot: MujocoSawyer, pose: Pose, iterations: int = 60) -> np.ndarray:
+    """Joint angles, from the arm's present ones, that put right_hand at `pose`: DLS steps on the
+    kinematics alone (no physics, no time), for placing the arm at an episode's start. The arm is
+    left at rest there."""
+    controller = DLSController(robot, gain=1.0)  # gain 1: each step aims at the whole error
+    joints = robot.joint_positions()
+    for _ in range(iterations):
+        joints = clip_position(joints + controller.joint_velocity(pose))
+        robot.reset(joints)
+    return joints
 
 
 class ScriptedPolicy:

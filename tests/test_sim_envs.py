@@ -13,7 +13,8 @@ from robot_sql import sawyer
 from robot_sql.cli import main
 from robot_sql.envs import ENVIRONMENTS
 
-SAWYER_ENVS = ["SawyerReach-v0", "SawyerLegoStack-v0", "SawyerPretrain-v0"]
+SAWYER_ENVS = ["SawyerReach-v0", "SawyerLegoStack-v0", "SawyerPretrain-v0", "SawyerStack-v0", "SawyerAvoid-v0",
+               "SawyerStackAvoid-v0"]
 
 
 @pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value is")  # unbounded on purpose
@@ -98,3 +99,60 @@ def test_bench_sim_reports_steps_per_second_and_real_time_factor(tmp_path):
         assert r["real_time_factor"] == pytest.approx(r["steps_per_s"] / 20.0)
         assert r["real_time_factor"] > 10.0  # measured 60-100x on a loaded 2-core machine; target 20x
         assert 0.0 < r["mujoco_ms_per_step"] < r["total_ms_per_step"]
+
+
+def drive(env_id: str, waypoints: list, seed: int = 0) -> tuple[list, list]:
+    """Drive an obstacle env with the DLS controller through `waypoints` (hand positions; None = the
+    target pose) to the episode's end; returns the rewards and infos of every step."""
+    from robot_sql.sim.scripted import ScriptedPolicy
+
+    env = gymnasium.make(env_id).unwrapped
+    env.reset(seed=seed)
+    policy = ScriptedPolicy(env)
+    rewards, infos, done = [], [], False
+    for waypoint in waypoints:
+        policy.reset(None if waypoint is None else (np.array(waypoint), env.target[1]))
+        for _ in range(60 if waypoint is not None else env.max_steps):
+            _, reward, terminated, truncated, info = env.step(policy())
+            rewards.append(reward)
+            infos.append(info)
+            done = terminated or truncated
+            if done:
+                return rewards, infos
+    return rewards, infos
+
+
+# straight at the brick, the held brick runs into the wall; over it (up to 35 cm first) it does not
+STRAIGHT, OVER = [None], [(0.5, 0.14, 0.35), (0.66, 0.14, 0.35), None]
+
+
+def test_the_wall_is_counted_as_a_collision_and_charged_only_where_the_task_says():
+    straight_rewards, straight = drive("SawyerStack-v0", STRAIGHT)
+    over_rewards, over = drive("SawyerStack-v0", OVER)
+    assert straight[-1]["collision_steps"] > 0 and straight[-1]["is_success"]  # stacked, through the wall
+    assert over[-1]["collision_steps"] == 0 and over[-1]["is_success"]
+    assert sum(info["collision"] for info in straight) == straight[-1]["collision_steps"]
+
+    # the same drive: the combined task charges 5 per step near the wall, the avoid task only that
+    combined_rewards, combined = drive("SawyerStackAvoid-v0", STRAIGHT)
+    avoid_rewards, avoid = drive("SawyerAvoid-v0", STRAIGHT)
+    charged = np.array(combined_rewards) - np.array(straight_rewards)
+    assert set(np.round(charged, 6)) == {0.0, -5.0} and charged.sum() <= -5.0 * straight[-1]["collision_steps"]
+    assert not any(info["is_success"] for info in avoid) and set(avoid_rewards) <= {0.0, -5.0}
+
+
+def test_evaluation_reports_the_share_of_episodes_that_touched_the_wall(monkeypatch):
+    from robot_sql.sim.scripted import DLSController
+    from robot_sql.train import evaluate
+
+    class StraightAtTheBrick:  # a policy object as evaluate takes one: act(observation) -> action
+        def __init__(self):
+            self.env = gymnasium.make("SawyerStack-v0").unwrapped
+
+        def act(self, observation):
+            return DLSController(self.env.robot).action(self.env.target, self.env.velocity_fraction)
+
+    policy = StraightAtTheBrick()
+    monkeypatch.setattr(gymnasium, "make", lambda env_id, **kwargs: policy.env)  # evaluate's env: the one it steers
+    result = evaluate(policy, "SawyerStack-v0", episodes=3, seed=0)
+    assert result["collision_rate"] == 1.0 and result["mean_collision_steps"] > 0 and result["success_rate"] == 1.0

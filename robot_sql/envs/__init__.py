@@ -13,6 +13,9 @@ ENVIRONMENTS: dict[str, dict] = {
     "SawyerReachNear-v0": {"entry_point": "robot_sql.sim.envs:SawyerReachNearEnv"},
     "SawyerLegoStack-v0": {"entry_point": "robot_sql.sim.envs:SawyerLegoStackEnv"},
     "SawyerPretrain-v0": {"entry_point": "robot_sql.sim.envs:SawyerPretrainEnv"},
+    "SawyerStack-v0": {"entry_point": "robot_sql.sim.envs:SawyerStackEnv"},
+    "SawyerAvoid-v0": {"entry_point": "robot_sql.sim.envs:SawyerAvoidEnv"},
+    "SawyerStackAvoid-v0": {"entry_point": "robot_sql.sim.envs:SawyerStackAvoidEnv"},
 }
 
 
