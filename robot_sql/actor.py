@@ -473,10 +473,18 @@ class Actor:
         robot = getattr(self.env.unwrapped, "robot", None)
         if robot is None:
             return {}
+        env = self.env.unwrapped
         state: dict[str, Any] = {"joint_positions": [float(q) for q in robot.joint_positions()]}
-        target = getattr(self.env.unwrapped, "target", None)
-        if target is not None:
+        if isinstance(getattr(env, "scene", None), str):  # which MuJoCo scene the panel draws (sim/scenes.py)
+            state["scene"] = env.scene
+        target = getattr(env, "target", None)
+        if target is not None:  # the episode's target pose (m, base frame; quaternion w, x, y, z)
             state["target_position"] = [float(v) for v in target[0]]
+            state["target_quat"] = [float(v) for v in target[1]]
+        brick = getattr(env, "fixed_brick", None)
+        if brick is not None:  # the Lego tasks: where this episode put the fixed brick
+            state["fixed_brick_position"] = [float(v) for v in brick[0]]
+            state["fixed_brick_quat"] = [float(v) for v in brick[1]]
         if "position_error" in info:
             state["position_error"] = float(info["position_error"])
         return state

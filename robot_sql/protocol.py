@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import click
 import msgpack
@@ -273,6 +273,60 @@ def check_transitions(body: dict[str, Any], obs_dim: int, act_dim: int, max_rows
 
 
 # ---- ROUTER framing ----------------------------------------------------------------------------
+# ---- the arm state in an actor's status reply (what the panel draws) ---------------------------
+ARM_SCENES = ("arm", "lego", "obstacle")  # the scenes of sim/scenes.py build_model
+ARM_JOINTS = 7
+MAX_ARM_COORDINATE_M = 3.0  # every position the Sawyer's tasks use lies within 1.5 m of its base
+MAX_JOINT_ANGLE_RAD = 2 * math.pi  # beyond every joint's limit (right_j6: 4.71 rad)
+
+
+class ArmState(NamedTuple):
+    """An actor's arm as the panel draws it; hashable (the panel caches pictures by it).
+    Poses are (x, y, z, qw, qx, qy, qz) in the base frame (m)."""
+    scene: str
+    joint_positions: tuple[float, ...]
+    target: tuple[float, ...] | None
+    fixed_brick: tuple[float, ...] | None
+
+
+def _vector(status: dict[str, Any], name: str, length: int, bound: float) -> tuple[float, ...]:
+    value = status[name]
+    if type(value) is not list or len(value) != length or any(type(v) not in (int, float) for v in value):
+        raise ProtocolError("schema", f"{name} must be a list of {length} numbers")
+    if not all(math.isfinite(v) for v in value):
+        raise ProtocolError("nonfinite", f"{name} holds NaN or inf")
+    if any(abs(v) > bound for v in value):
+        raise ProtocolError("out_of_range", f"{name} has a value beyond {bound}")
+    return tuple(float(v) for v in value)
+
+
+def _pose(status: dict[str, Any], position: str, quat: str, need_quat: bool) -> tuple[float, ...] | None:
+    if position not in status and quat not in status:
+        return None
+    if position not in status or (need_quat and quat not in status):
+        raise ProtocolError("schema", f"{position} and {quat} go together")
+    rotation = _vector(status, quat, 4, 1.5) if quat in status else (1.0, 0.0, 0.0, 0.0)
+    if abs(math.hypot(*rotation) - 1.0) > 0.01:
+        raise ProtocolError("out_of_range", f"{quat} is not a unit quaternion")
+    return _vector(status, position, 3, MAX_ARM_COORDINATE_M) + rotation
+
+
+def check_arm_state(status: dict[str, Any]) -> ArmState | None:
+    """The arm state in an actor's status reply (robot_sql/actor.py `_arm_state`), checked; None when it
+    reports no arm (an env without a robot). ProtocolError for a field of the wrong type, size or range:
+    joint_positions (7 angles, rad), scene (one of ARM_SCENES; default "arm"), target_position (m) with
+    target_quat (w, x, y, z; an actor of before it sends only the position), fixed_brick_position with
+    fixed_brick_quat (the Lego tasks)."""
+    if "joint_positions" not in status:
+        return None
+    scene = status.get("scene", "arm")
+    if scene not in ARM_SCENES:
+        raise ProtocolError("schema", f"scene {str(scene)[:32]!r} is not one of {ARM_SCENES}")
+    return ArmState(scene, _vector(status, "joint_positions", ARM_JOINTS, MAX_JOINT_ANGLE_RAD),
+                    _pose(status, "target_position", "target_quat", need_quat=False),
+                    _pose(status, "fixed_brick_position", "fixed_brick_quat", need_quat=True))
+
+
 def split_routed(frames: list[bytes]) -> tuple[list[bytes], bytes]:
     """ROUTER frames -> (return envelope, payload). DEALER peers send [payload], REQ peers [b"", payload]."""
     if len(frames) == 2:

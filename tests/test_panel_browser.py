@@ -2,7 +2,8 @@
 survive a dropped event stream, see the arm under slow renders, run perturbation tests (one
 aborted by an e-stop), see the e-stop at 1280 and 390 px wide (screenshots: the test's tmp_path,
 and $ROBOT_SQL_ARTIFACTS when set), re-arm through its confirmation, kill the learner and see its
-values go stale; a page on another port of the host cannot pause training through the login cookie."""
+values go stale, orbit the arm view's camera, evaluate a checkpoint from the history page; a page on
+another port of the host cannot pause training through the login cookie."""
 import http.server
 import os
 import re
@@ -201,6 +202,12 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
 
             # the arm appears although every picture takes longer than the old refresh period
             expect(page.locator("#frame")).to_be_visible(timeout=30_000)
+            # orbit the camera: the next picture is asked for from there, and it arrives
+            page.click("#camera [data-orbit='20,0']")
+            expect(page.locator("#camera-state")).to_have_text("azimuth 170°, elevation -25°")
+            page.wait_for_function("""() => { const image = document.querySelector('#frame');
+                return image.src.includes('azimuth=170&elevation=-25') && image.complete && image.naturalWidth > 0; }""",
+                                   timeout=30_000)
 
             # the event stream is cut: the browser reconnects and the curves go on without a replay
             events_before = page.locator("#events li").count()
@@ -281,6 +288,7 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             expect(page.locator("#message")).to_contain_text("/api/episode/reset: ok", timeout=10_000)
 
             # the learner dies: "learner lost", its values greyed and marked stale
+            api.post("/api/training/checkpoint").raise_for_status()  # one for the history page to evaluate
             kill_pid(simulated_run["launched"][0])
             expect(page.locator("#training-state")).to_have_text("training: learner down", timeout=20_000)
             expect(page.locator("#events")).to_contain_text("learner lost")
@@ -310,6 +318,14 @@ def test_operator_trains_perturbs_and_estops_the_simulated_arm(simulated_run, tm
             expect(report_page.locator("#outcome")).to_contain_text("ABORTED")
             expect(report_page.locator("#outcome")).to_contain_text("perturb_aborted")
             expect(report_page.locator("#parameters")).to_contain_text("20")  # the trials asked for
+
+            # the checkpoint history: Evaluate one on a single sim episode and see its result
+            report_page.goto(f"{base}/checkpoints")
+            report_page.fill("#evaluate-form [name=episodes]", "1")
+            report_page.locator("button[data-evaluate]").first.click()
+            expect(report_page.locator("#evaluation-state")).to_contain_text("on 1 episode(s)", timeout=10_000)
+            expect(report_page.locator("#evaluation-state")).to_contain_text("success", timeout=120_000)
+            expect(report_page.locator("#history tbody tr td.evaluation").first).to_contain_text("(1 episodes", timeout=10_000)
             assert errors == [] and outside == [], (errors, outside)
         finally:
             browser.close()

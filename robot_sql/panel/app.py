@@ -9,7 +9,9 @@ episode reset and perturbation tests straight to the actors, never through the l
 
 From an actor's status reply the page uses: estopped, holding, connected (its link to the
 learner), steps, episodes, weight_version, learner_errors; and for the arm view
-joint_positions (rad, right_j0..6), target_position (m, base frame) and position_error (m).
+joint_positions (rad, right_j0..6), scene, target_position and target_quat (m, base frame),
+fixed_brick_position and fixed_brick_quat (the Lego tasks), checked by
+robot_sql.protocol.check_arm_state, and position_error (m).
 
 Security: every endpoint except /health needs the panel token, as `Authorization: Bearer
 <token>` or as the cookie the page sets after opening the login link `/?token=<token>`
@@ -45,7 +47,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, NoReturn
+from typing import Any, Callable, Literal, NamedTuple, NoReturn
 
 import click
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
@@ -63,8 +65,9 @@ from robot_sql.config import ConfigError, Settings, load_settings
 from robot_sql.perturbation import PerturbationSpec, save_report, unfinished_report
 from robot_sql.panel import reports as report_pages
 from robot_sql.panel.curves import RunsRoot, curves_router
-from robot_sql.panel.scene import ArmView, RenderError
-from robot_sql.protocol import ControlClient, ControlError
+from robot_sql.panel.scene import (AZIMUTH_RANGE, DEFAULT_AZIMUTH, DEFAULT_ELEVATION, ELEVATION_RANGE, VIEWS, ArmView,
+                                   Camera, RenderError)
+from robot_sql.protocol import ControlClient, ControlError, check_arm_state
 from robot_sql.rundir import MetricsStore, RunDir
 
 STATIC = Path(__file__).parent / "static"
@@ -608,6 +611,7 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         store.close()
 
     app = FastAPI(title="robot-sql panel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.fleet, app.state.arm_view = fleet, arm_view  # for tests in the same process
     app.add_middleware(RequestGate, bound_host=settings.host)
     api = APIRouter(dependencies=[Depends(require_token)], route_class=FiniteJSONRoute)
 
@@ -646,6 +650,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
                        "wrench_duration_s": perturbation.MAX_WRENCH_DURATION_S,
                        "displacement_rad": perturbation.MAX_DISPLACEMENT_RAD},
             "actors": [link.name for link in fleet.actors],
+            "camera": {"azimuth": DEFAULT_AZIMUTH, "elevation": DEFAULT_ELEVATION, "azimuth_range": AZIMUTH_RANGE,
+                       "elevation_range": ELEVATION_RANGE, "views": VIEWS},
         }
 
     def status() -> dict:
@@ -679,14 +685,20 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         return json.loads(path.read_text())
 
     @api.get("/api/frame")
-    def frame(actor: str | None = None):
-        """The arm at the joint angles the actor reports, else the newest image in the run's media/."""
-        status = fleet.actor(actor).last_status if fleet.actors else None
-        if status and "joint_positions" in status:
+    def frame(actor: str | None = None,
+              azimuth: int = Query(DEFAULT_AZIMUTH, ge=AZIMUTH_RANGE[0], le=AZIMUTH_RANGE[1]),
+              elevation: int = Query(DEFAULT_ELEVATION, ge=ELEVATION_RANGE[0], le=ELEVATION_RANGE[1]),
+              view: Literal[VIEWS] = "arm"):  # type: ignore[valid-type]
+        """The actor's arm in its task's scene at the state it last reported, from the camera asked for
+        (degrees; view arm or work); else the newest image in the run's media/. Rendered once per
+        (actor, state, camera) however many pages ask."""
+        link = fleet.actor(actor) if fleet.actors else None
+        if link is not None and link.last_status and "joint_positions" in link.last_status:
             try:
-                png = arm_view.png(status["joint_positions"], status.get("target_position"))
-            except (ValueError, RenderError) as error:
-                raise HTTPException(503, str(error)) from None
+                state = check_arm_state(link.last_status)
+                png = arm_view.frame(link.name, state, Camera(azimuth, elevation, view))
+            except (ValueError, RenderError) as error:  # ProtocolError is a ValueError
+                raise HTTPException(503, f"cannot draw {link.name}'s arm: {error}") from None
             return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
         path = latest_frame(run)
         if path is None:

@@ -261,13 +261,54 @@ function appendEvents(events) {
 }
 
 let frameRefresh = 0;
+// where the arm view's camera looks from (degrees; the server's defaults and bounds from /api/overview)
+const camera = { azimuth: 0, elevation: 0, view: "arm" };
 // The arm as an actor reports it. The next picture is asked for only once this one has loaded or
 // failed: a render that takes longer than the pause is never cancelled by the next request.
 function refreshFrame() {
   const image = $("#frame");
   image.onload = () => { image.hidden = false; setTimeout(refreshFrame, 250); };
   image.onerror = () => { image.hidden = true; setTimeout(refreshFrame, 2000); };
-  image.src = `/api/frame?n=${frameRefresh++}`;
+  const view = `azimuth=${Math.round(camera.azimuth)}&elevation=${Math.round(camera.elevation)}&view=${camera.view}`;
+  image.src = `/api/frame?${view}&n=${frameRefresh++}`;
+}
+
+// orbit the camera: the arrow buttons or a drag on the picture; the next picture uses it
+function orbit(dAzimuth, dElevation) {
+  const limits = overview.camera;
+  // azimuth wraps around into [-180, 180]; elevation stops at its bounds
+  camera.azimuth = ((camera.azimuth + dAzimuth + 540) % 360 + 360) % 360 - 180;
+  camera.elevation = Math.min(limits.elevation_range[1], Math.max(limits.elevation_range[0], camera.elevation + dElevation));
+  $("#camera-state").textContent = `azimuth ${Math.round(camera.azimuth)}°, elevation ${Math.round(camera.elevation)}°`;
+}
+
+function setUpCamera() {
+  const reset = () => {
+    Object.assign(camera, { azimuth: overview.camera.azimuth, elevation: overview.camera.elevation });
+    orbit(0, 0);
+  };
+  reset();
+  $("#camera-reset").addEventListener("click", reset);
+  $("#camera [name=view]").addEventListener("change", (event) => { camera.view = event.target.value; });
+  for (const element of document.querySelectorAll("[data-orbit]")) {
+    const [dAzimuth, dElevation] = element.dataset.orbit.split(",").map(Number);
+    element.addEventListener("click", () => orbit(dAzimuth, dElevation));
+  }
+  const image = $("#frame");
+  let drag = null;
+  image.addEventListener("pointerdown", (event) => {
+    drag = { x: event.clientX, y: event.clientY };
+    image.setPointerCapture(event.pointerId);
+  });
+  image.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    // half a degree per pixel: dragging right turns the scene right, dragging down looks from higher
+    orbit(-(event.clientX - drag.x) / 2, -(event.clientY - drag.y) / 2);
+    drag = { x: event.clientX, y: event.clientY };
+  });
+  const end = () => { drag = null; };
+  image.addEventListener("pointerup", end);
+  image.addEventListener("pointercancel", end);
 }
 
 // ---- curves: any metric, smoothing, x-axis, another run to compare with ----------------------------
@@ -471,6 +512,7 @@ async function main() {
   window.addEventListener("resize", () => allPlots().forEach((plot) => plot.draw()));
   setUpCurveControls();
   connect();
+  setUpCamera();
   refreshFrame();
 }
 
