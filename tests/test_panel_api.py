@@ -225,8 +225,8 @@ def test_commands_to_absent_processes_fail_loudly(panel):
 
 # every state-changing endpoint, with a body it takes
 POSTS = [("/api/training/pause", None), ("/api/training/resume", None), ("/api/training/stop", None),
-         ("/api/training/checkpoint", None), ("/api/training/start", None), ("/api/estop", None), ("/api/rearm", None),
-         ("/api/episode/reset", {}), ("/api/perturbation", {"kind": "wrench", "magnitude": 5})]
+         ("/api/training/checkpoint", None), ("/api/training/start", None), ("/api/estop", None),
+         ("/api/rearm", {"confirm": True}), ("/api/episode/reset", {}), ("/api/perturbation", {"kind": "wrench", "magnitude": 5})]
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:9", "http://localhost:{port}", "null", None])
@@ -252,10 +252,20 @@ def test_a_cookie_post_from_the_panels_own_page_is_accepted(panel):
 
 
 def test_a_bearer_post_needs_no_origin(panel):
-    response = httpx.post(f"{panel['base']}/api/rearm", headers=auth(panel["token"]), timeout=10)
+    response = httpx.post(f"{panel['base']}/api/rearm", json={"confirm": True}, headers=auth(panel["token"]), timeout=10)
     assert "origin" not in response.request.headers
     assert response.status_code == 503 and response.json()["detail"]["actors"]["actor-0"]["ok"] is False
     assert events(panel)[-1].startswith("rearm sent to 1 actor(s)")
+
+
+@pytest.mark.parametrize("body", [None, {}, {"confirm": False}, {"confirm": "yes"}, {"confirm": 1},
+                                  {"confirm": True, "actor": "actor-0"}])
+def test_rearm_without_confirm_true_gets_422_and_reaches_no_actor(panel, body):
+    """Re-arming lets the arm move: the request must say {"confirm": true} (the page asks in a dialog first)."""
+    before = events(panel)
+    response = httpx.post(f"{panel['base']}/api/rearm", json=body, headers=auth(panel["token"]), timeout=10)
+    assert response.status_code == 422, response.text
+    assert events(panel) == before  # a rearm that reaches the actors logs an event
 
 
 @pytest.mark.parametrize("host", ["attacker.example:{port}", "attacker.example", "127.0.0.1.attacker.example:{port}",

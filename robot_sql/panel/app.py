@@ -556,6 +556,20 @@ class PerturbationRequest(PerturbationSpec):
     actor: str | None = Field(None, description="which actor runs the test (default: the first)")
 
 
+class RearmRequest(BaseModel):
+    """Re-arming lets the arms move again: the request must say so ({"confirm": true}), else 422. The
+    page asks in a dialog first; a script cannot re-arm by an empty POST."""
+    model_config = ConfigDict(extra="forbid")
+    confirm: bool = Field(strict=True)  # true itself: not 1, "yes" or "true"
+
+    @field_validator("confirm")
+    @classmethod
+    def _confirmed(cls, confirm: bool) -> bool:
+        if confirm is not True:
+            raise ValueError('re-arming lets the arm move: send {"confirm": true}')
+        return confirm
+
+
 class ActorChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: str | None = None
@@ -801,7 +815,8 @@ def create_app(settings: PanelSettings, token: str, shutting_down: Callable[[], 
         return every_actor("estop")
 
     @api.post("/api/rearm")
-    def rearm() -> dict:
+    def rearm(_confirmed: RearmRequest) -> dict:
+        """Every actor stops holding and moves again under the policy: only with {"confirm": true}."""
         return every_actor("rearm")
 
     @api.post("/api/episode/reset")

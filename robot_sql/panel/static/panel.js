@@ -489,7 +489,7 @@ async function main() {
   button("#estop", "/api/estop", {}, () => "E-STOP sent: every actor holds the arm until re-armed");
   // re-arming lets the arm move: it takes a second, deliberate click in a dialog that says so
   $("#rearm").addEventListener("click", () => $("#rearm-dialog").showModal());
-  button("#rearm-confirm", "/api/rearm", {}, () => "re-armed: the arm moves again");
+  button("#rearm-confirm", "/api/rearm", { confirm: true }, () => "re-armed: the arm moves again");
   button("[data-training]:not([data-training=start])", (element) => `/api/training/${element.dataset.training}`);
   button("button[data-training=start]", "/api/training/start", {}, (reply) => {
     if (!reply.started) return "resumed the learner";
