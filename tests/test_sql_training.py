@@ -100,3 +100,5 @@ def test_pretraining_speeds_up_fine_tuning(tmp_path):
     assert all(f <= a for f, a in zip(finetuned, annealed)), (finetuned, annealed)
     # against the same annealing from scratch: what pretraining itself brings
     assert np.mean(finetuned) <= np.mean(annealed) - 100, (finetuned, annealed)
+    # both of the success levels are reported, besides the threshold's
+    assert report["levels"] == [0.8, 0.95] and report["finetuned_steps_to_0.8"] == report["finetuned_steps_to_threshold"]
