@@ -12,6 +12,9 @@ from robot_sql.finetune import finetune_report
 from robot_sql.sql import load_policy
 from robot_sql.train import TrainSettings, evaluate, train
 
+# minutes each on a quiet machine, several times that at a load of 8: the timeout is only for hangs
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_multigoal_reaches_all_four_goals(tmp_path):
     settings = load_settings(TrainSettings, seed=1, steps=10000)
