@@ -204,6 +204,9 @@ class SawyerPretrainEnv(SawyerPoseEnv):
         return False  # no target to reach: episodes run to the time limit
 
 
+WORKSPACE_AROUND_THE_WALL = (np.array([0.45, 0.0, 0.12]), np.array([0.72, 0.28, 0.34]))  # right_hand, m in base
+
+
 class SawyerStackEnv(SawyerLegoStackEnv):
     """Seat the brick on a brick at one fixed place, with the obstacle scene's wall in the way.
 
@@ -217,6 +220,7 @@ class SawyerStackEnv(SawyerLegoStackEnv):
     # Lego precision took 36,000 steps per seed (docs/sim.md), beyond the composition study's budget
     task = PoseTask(position_tolerance=0.01, orientation_tolerance=np.deg2rad(6.0), hold_time=0.25)
     FIXED_BRICK = (0.66, 0.14, SawyerLegoStackEnv.BRICK_YAW)  # x, y (m, in base), yaw (rad)
+    START_BOX = None  # (low, high) of right_hand's start position (m, in base); None: near neutral
     default_episode_seconds = 10.0
     COLLISION_COST = 0.0  # reward per step touching the wall, falling linearly to 0 at COST_MARGIN from it
     COST_MARGIN = 0.05  # m
@@ -232,6 +236,9 @@ class SawyerStackEnv(SawyerLegoStackEnv):
         self._reset_arm_near_neutral()
         self.robot.set_gripper(brick_grip_opening())
         self.set_fixed_brick(lego.fixed_brick_pose(*self.FIXED_BRICK, table_height(self.robot.model)))
+        if self.START_BOX is not None:  # tool at the target's orientation, placed by DLS kinematics
+            joints_reaching(self.robot, (self.np_random.uniform(*self.START_BOX), self.target[1]))
+            self.robot.set_gripper(brick_grip_opening())
         self.collision_steps = 0
 
     def obstacle_clearance(self) -> float:
@@ -268,13 +275,7 @@ class SawyerAvoidEnv(SawyerStackAvoidEnv):
     the wall in every episode (docs/sql.md, "Composition on the arm")."""
 
     default_episode_seconds = 3.0
-    START_BOX = (np.array([0.45, 0.0, 0.12]), np.array([0.72, 0.28, 0.34]))  # right_hand, m in base
-
-    def _new_episode(self) -> None:
-        super()._new_episode()
-        start = (self.np_random.uniform(*self.START_BOX), self.target[1])
-        joints_reaching(self.robot, start)
-        self.robot.set_gripper(brick_grip_opening())
+    START_BOX = WORKSPACE_AROUND_THE_WALL
 
     def _reward(self, hand: Pose, previous_hand: Pose) -> float:
         return 0.0
