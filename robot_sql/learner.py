@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import queue
 import signal
 import threading
@@ -53,7 +52,7 @@ from robot_sql.protocol import (MAX_STATS_VALUES, STATS_NAMES, ProtocolError, Re
 from robot_sql.replay_store import ReplayStore
 from robot_sql.rundir import MetricsStore, RunDir, RunDirLocked, atomic_write_bytes
 from robot_sql.service_settings import LearnerSettings
-from robot_sql.sql import SoftQLearning, SQLConfig, load_checkpoint
+from robot_sql.sql import CHECKPOINT_READ_ERRORS, SoftQLearning, SQLConfig, load_checkpoint
 from robot_sql.train import check_box_spaces, initial_agent, make_sql_config, preset
 
 SOURCE = "learner"
@@ -212,7 +211,7 @@ class Learner:
                 state = load_checkpoint(path)
                 SQLConfig(**state["agent"]["config"])  # the part read before any tensor is used
                 return (state, path), unreadable
-            except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
+            except CHECKPOINT_READ_ERRORS as error:
                 log.error("checkpoint %s cannot be read: %s", path, error)
                 unreadable.append((path, str(error)))
         if unreadable:

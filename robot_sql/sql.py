@@ -17,6 +17,7 @@ import copy
 import io
 import itertools
 import math
+import pickle
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -577,6 +578,10 @@ def load_policy(path: str | Path) -> Sampler:
     sampler = Sampler(config["obs_dim"], config["act_dim"], tuple(config["hidden_sizes"]))
     sampler.load_state_dict(state["sampler"])
     return sampler
+
+
+# what reading a checkpoint that is damaged, missing or not one raises (load_checkpoint, then its keys)
+CHECKPOINT_READ_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm import tqdm
 import robot_sql  # noqa: F401  (registers the environments)
 from robot_sql.config import ConfigError, Settings, dump_settings, load_settings
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import Sampler, SoftQLearning, SQLConfig, load_checkpoint, load_policy
+from robot_sql.sql import CHECKPOINT_READ_ERRORS, Sampler, SoftQLearning, SQLConfig, load_checkpoint, load_policy
 
 # Short names for the command line.
 ENV_ALIASES = {
@@ -156,7 +155,7 @@ def initial_agent(path: Path, env: gymnasium.Env, env_id: str, overrides: dict[s
     `overrides` of its training settings (its networks stay as they are); a mismatch is a ConfigError."""
     try:
         agent = SoftQLearning.from_state_dict(load_checkpoint(path), device=device)
-    except (OSError, KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:
+    except CHECKPOINT_READ_ERRORS as error:
         raise ConfigError(f"init checkpoint {path}: not an agent checkpoint ({type(error).__name__}: {error})") from error
     expected = (env.observation_space.shape[0], env.action_space.shape[0])
     if (agent.config.obs_dim, agent.config.act_dim) != expected:
