@@ -20,7 +20,7 @@ from tqdm import trange
 from robot_sql.config import ConfigError
 from robot_sql.replay import ReplayBuffer
 from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, linears, load_checkpoint, save_policy
-from robot_sql.train import evaluate, resolve_env_id, write_eval
+from robot_sql.train import evaluate, preset, resolve_env_id, write_eval
 
 
 def side_by_side(q_functions: list[QNetwork], mean: bool = False) -> QNetwork:
@@ -94,8 +94,8 @@ def load_replay(checkpoint: Path) -> ReplayBuffer:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--mean", is_flag=True, help="Average the Q-functions instead of summing them (twice the temperature; "
               "worse on the corner, docs/sql.md).")
-@click.option("--updates", type=click.IntRange(min=1), default=3000, show_default=True,
-              help="SVGD sampler updates (the constituents' own samplers had ~2800; 1500 fell short, docs/sql.md).")
+@click.option("--updates", type=click.IntRange(min=1),
+              help="SVGD sampler updates; default: the --env task's preset (3000 on the 2-D tasks, 15,000 on the arm).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -104,5 +104,7 @@ def load_replay(checkpoint: Path) -> ReplayBuffer:
 def compose_command(checkpoints, env_name, out, mean, updates, seed, episodes, threads, no_progress):
     """Compose agent CHECKPOINTS (from `robot-sql train`, replay.npz beside each) into one policy."""
     torch.set_num_threads(threads)
-    result = compose(list(checkpoints), resolve_env_id(env_name), out, mean, updates, seed, episodes, progress=not no_progress)
+    env_id = resolve_env_id(env_name)
+    updates = updates or preset(env_id).compose_updates
+    result = compose(list(checkpoints), env_id, out, mean, updates, seed, episodes, progress=not no_progress)
     click.echo(f"success_rate={result['success_rate']:.2f} mean_return={result['mean_return']:.2f} -> {out}")

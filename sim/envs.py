@@ -7,9 +7,9 @@
   (robot_sql/tasks/lego.py).
 - `SawyerPretrain-v0`: move the end effector fast in any direction (the SQL paper's
   pretraining task); reward = end-effector speed (m/s).
-- The obstacle tasks (composition, ICRA 2018): a wall stands between the start pose and a brick
-  at one fixed place (sim/scenes.py OBSTACLE). `SawyerStack-v0`: seat the brick, the wall is
-  ignored; `SawyerAvoid-v0`: stay clear of the wall (reward = -COLLISION_COST per step touching
+- The obstacle tasks (composition, ICRA 2018): a post stands between the start pose and a brick
+  at one fixed place (sim/scenes.py OBSTACLE). `SawyerStack-v0`: seat the brick, the post is
+  ignored; `SawyerAvoid-v0`: stay clear of the post (reward = -COLLISION_COST per step touching
   it, falling linearly to 0 at COST_MARGIN from it; nothing else); `SawyerStackAvoid-v0`: both, the sum of the two rewards (the
   task whose Q a sum of the two constituents' Q bounds). All three count collisions in `info`.
 
@@ -204,25 +204,26 @@ class SawyerPretrainEnv(SawyerPoseEnv):
         return False  # no target to reach: episodes run to the time limit
 
 
-WORKSPACE_AROUND_THE_WALL = (np.array([0.45, 0.0, 0.12]), np.array([0.72, 0.28, 0.34]))  # right_hand, m in base
+# right_hand positions (m, in base) around and inside the post, the stack task's starts included
+WORKSPACE_AROUND_THE_POST = (np.array([0.38, 0.0, 0.12]), np.array([0.78, 0.28, 0.34]))
 
 
 class SawyerStackEnv(SawyerLegoStackEnv):
-    """Seat the brick on a brick at one fixed place, with the obstacle scene's wall in the way.
+    """Seat the brick on a brick at one fixed place, with the obstacle scene's post in the way.
 
-    The reward is the Lego task's own; the wall costs nothing (subclasses charge for it), but every
-    env of the family reports `collision` (an arm, gripper or brick geom touches the wall at the
-    end of this step) and `collision_steps` (so far this episode) in `info`. The wall is 5 cm
-    thick and the hand moves at most ~2 cm per step, so a check per step cannot miss it."""
+    The reward is the Lego task's own; the post costs nothing (subclasses charge for it), but every
+    env of the family reports `collision` (an arm, gripper or brick geom touches the post at the
+    end of this step) and `collision_steps` (so far this episode) in `info`. The post is 6 cm
+    across and the hand moves at most ~2 cm per step, so a check per step cannot miss it."""
 
     scene = "obstacle"
     # the reach task's tolerance (1 cm, 6 degrees, held 0.25 s), not the seat's 3 mm and 3 degrees: the
     # Lego precision took 36,000 steps per seed (docs/sim.md), beyond the composition study's budget
     task = PoseTask(position_tolerance=0.01, orientation_tolerance=np.deg2rad(6.0), hold_time=0.25)
-    FIXED_BRICK = (0.66, 0.14, SawyerLegoStackEnv.BRICK_YAW)  # x, y (m, in base), yaw (rad)
+    FIXED_BRICK = (0.78, 0.14, SawyerLegoStackEnv.BRICK_YAW)  # x, y (m, in base), yaw (rad)
     START_BOX = None  # (low, high) of right_hand's start position (m, in base); None: near neutral
     default_episode_seconds = 10.0
-    COLLISION_COST = 0.0  # reward per step touching the wall, falling linearly to 0 at COST_MARGIN from it
+    COLLISION_COST = 0.0  # reward per step touching the post, falling linearly to 0 at COST_MARGIN from it
     COST_MARGIN = 0.05  # m
 
     def __init__(self, **kwargs):
@@ -242,7 +243,7 @@ class SawyerStackEnv(SawyerLegoStackEnv):
         self.collision_steps = 0
 
     def obstacle_clearance(self) -> float:
-        """Smallest distance (m) between the wall and the arm's geoms; <= 0 when they touch."""
+        """Smallest distance (m) between the post and the arm's geoms; <= 0 when they touch."""
         model, data = self.robot.model, self.robot.data
         limit = self.COST_MARGIN + 0.01
         return min(mujoco.mj_geomDistance(model, data, self._obstacle, geom, limit, self._fromto)
@@ -259,23 +260,23 @@ class SawyerStackEnv(SawyerLegoStackEnv):
 
 
 class SawyerStackAvoidEnv(SawyerStackEnv):
-    """SawyerStack-v0 with the wall charged for: the combined task of the composition experiment."""
+    """SawyerStack-v0 with the post charged for: the combined task of the composition experiment."""
 
     COLLISION_COST = 5.0  # as the authors' real-Sawyer avoid task (docs: reference, soft-q-learning.md)
 
 
 class SawyerAvoidEnv(SawyerStackAvoidEnv):
-    """Only stay clear of the wall: no reward for the brick and no success (episodes run to the time
+    """Only stay clear of the post: no reward for the brick and no success (episodes run to the time
     limit). The observation is the stack task's, so its Q-function can be summed with the stack's.
 
     Episodes start with the hand anywhere in START_BOX (tool at the target's orientation), around
-    and inside the wall, and are short (3 s), so that a budget of steps sees many starts: started
+    and inside the post, and are short (3 s), so that a budget of steps sees many starts: started
     near neutral, or from 30 starts only, the avoid agent's Q-function hardly told the states where
-    a stack policy meets the wall from free ones, and its composition with a stack agent touched
-    the wall in every episode (docs/sql.md, "Composition on the arm")."""
+    a stack policy meets the obstacle from free ones, and its composition with a stack agent touched
+    it in every episode (docs/sql.md, "Composition on the arm")."""
 
     default_episode_seconds = 3.0
-    START_BOX = WORKSPACE_AROUND_THE_WALL
+    START_BOX = WORKSPACE_AROUND_THE_POST
 
     def _reward(self, hand: Pose, previous_hand: Pose) -> float:
         return 0.0

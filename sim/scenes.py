@@ -2,7 +2,7 @@
 
 `build_model("arm")` is the Sawyer on its pedestal (reach and pretraining);
 `build_model("lego")` adds the table, a fixed brick (moved by the env) and a brick held in
-the gripper; `build_model("obstacle")` is the Lego scene with a wall (OBSTACLE) standing on the
+the gripper; `build_model("obstacle")` is the Lego scene with a post (OBSTACLE) standing on the
 table between the start pose and the brick of the obstacle tasks. The bricks are generated from robot_sql/tasks/lego.py so the simulator and the
 task's target pose can never disagree about them.
 """
@@ -17,11 +17,14 @@ from robot_sql.tasks import lego
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SCENES = {"arm": "scene.xml", "lego": "lego.xml", "obstacle": "lego.xml"}
-# the obstacle scene's wall, in base: centre and half sizes (m). It spans y 0.02..0.26 and rises
-# 16 cm from the table, higher than the held brick's underside at the start, so a hand moving
-# straight towards the brick of the obstacle tasks runs the brick into it. It is a region, not
-# a solid (it never pushes the arm): the envs count touching it as a collision and may charge for it.
-OBSTACLE = (np.array([0.575, 0.14, 0.08]), np.array([0.025, 0.12, 0.08]))
+# the obstacle scene's post, a cylinder in base: centre, radius and half height (m). 14 cm high, it
+# stands on the straight line from the start pose to the brick of the obstacle tasks, higher than
+# the held brick's underside on that line, so a hand going straight for the brick runs the brick
+# into it; a detour of about 10 cm to either side passes it. The arm's geoms stay at least 4 cm
+# from it at the start and 10 cm at the target (docs/sql.md, "Composition on the arm"). It is a
+# region, not a solid (it never pushes the arm): the envs count touching it as a collision and
+# may charge for it.
+OBSTACLE = (np.array([0.60, 0.14, 0.07]), 0.03, 0.07)
 OBSTACLE_RGBA = [0.95, 0.55, 0.1, 0.45]
 BRICK_RGBA = {"fixed_brick": [0.1, 0.35, 0.8, 1.0], "held_brick": [0.85, 0.15, 0.1, 1.0]}
 BRICK_MASS = 0.0023  # kg
@@ -52,8 +55,8 @@ def build_model(scene: str = "arm") -> mujoco.MjModel:
         _add_brick(spec.body("right_gripper_base"), "held_brick", pos=held_pos, quat=held_quat,
                    contype=1, conaffinity=0)
     if scene == "obstacle":
-        centre, half_size = OBSTACLE
-        spec.worldbody.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_BOX, pos=centre, size=half_size,
+        centre, radius, half_height = OBSTACLE
+        spec.worldbody.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_CYLINDER, pos=centre, size=[radius, half_height, 0],
                                 rgba=OBSTACLE_RGBA, contype=0, conaffinity=0)
     return spec.compile()
 

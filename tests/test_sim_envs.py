@@ -122,30 +122,36 @@ def drive(env_id: str, waypoints: list, seed: int = 0) -> tuple[list, list]:
     return rewards, infos
 
 
-# straight at the brick, the held brick runs into the wall; over it (up to 35 cm first) it does not
-STRAIGHT, OVER = [None], [(0.5, 0.14, 0.35), (0.66, 0.14, 0.35), None]
+# straight at the brick, the held brick runs into the post; over it (up to 35 cm first) or around
+# it (12 cm to its side first) it does not
+STRAIGHT, OVER, AROUND = [None], [(0.5, 0.14, 0.35), (0.78, 0.14, 0.35), None], [(0.60, 0.26, 0.26), None]
+INTO_THE_POST = [(0.60, 0.14, 0.2)]  # the held brick's underside 11 cm below the hand: inside the post
 
 
-def test_the_wall_is_counted_as_a_collision_and_charged_only_where_the_task_says():
+def test_the_post_is_counted_as_a_collision_and_charged_only_where_the_task_says():
     straight_rewards, straight = drive("SawyerStack-v0", STRAIGHT)
-    over_rewards, over = drive("SawyerStack-v0", OVER)
-    assert straight[-1]["collision_steps"] > 0 and straight[-1]["is_success"]  # stacked, through the wall
-    assert over[-1]["collision_steps"] == 0 and over[-1]["is_success"]
+    assert straight[-1]["collision_steps"] > 0 and straight[-1]["is_success"]  # stacked, through the post
     assert sum(info["collision"] for info in straight) == straight[-1]["collision_steps"]
+    for detour in (OVER, AROUND):
+        detour_rewards, infos = drive("SawyerStack-v0", detour)
+        assert infos[-1]["collision_steps"] == 0 and infos[-1]["is_success"]
+        # the combined task charges nothing near the goal: a policy is never paid to stop short of it
+        combined_rewards, _ = drive("SawyerStackAvoid-v0", detour)
+        np.testing.assert_allclose(combined_rewards[-20:], detour_rewards[-20:])
 
-    # the same drive: the combined task charges 5 per step touching the wall, less within 5 cm of it,
+    # the straight drive: the combined task charges 5 per step touching the post, less within 5 cm of it,
     # nothing farther; the avoid task charges only that
     combined_rewards, combined = drive("SawyerStackAvoid-v0", STRAIGHT)
     charged = np.array(combined_rewards) - np.array(straight_rewards)
     touching = np.array([info["collision"] for info in straight])
     np.testing.assert_allclose(charged[touching], -5.0)
     assert np.all(charged[~touching] > -5.0) and np.all(charged <= 0.0) and np.any(charged[~touching] < 0.0)
-    avoid_rewards, avoid = drive("SawyerAvoid-v0", STRAIGHT)
+    avoid_rewards, avoid = drive("SawyerAvoid-v0", INTO_THE_POST)
     assert not any(info["is_success"] for info in avoid)
-    assert all(-5.0 <= reward <= 0.0 for reward in avoid_rewards) and min(avoid_rewards) < 0.0  # its start is random
+    assert all(-5.0 <= reward <= 0.0 for reward in avoid_rewards) and min(avoid_rewards) == -5.0
 
 
-def test_evaluation_reports_the_share_of_episodes_that_touched_the_wall(monkeypatch):
+def test_evaluation_reports_the_share_of_episodes_that_touched_the_post(monkeypatch):
     from robot_sql.sim.scripted import DLSController
     from robot_sql.train import evaluate
 

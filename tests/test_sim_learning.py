@@ -36,10 +36,11 @@ def test_sql_learns_to_reach_on_the_sawyer(tmp_path):
 
 def test_composing_stack_with_avoid_collides_less_than_stack_alone(tmp_path):
     """ICRA 2018's headline composition at a CI budget: a stack agent (trained without any cost for
-    the wall) and an avoid agent (trained only to keep clear of it), their Q-functions summed and a
+    the post) and an avoid agent (trained only to keep clear of it), their Q-functions summed and a
     new sampler trained on their replays with no new env step, judged on the combined task (stack
-    with the wall charged for) on held-out episodes: fewer collisions than the stack agent alone,
-    while still going for the brick (unlike the avoid agent alone)."""
+    with the post charged for) on held-out episodes: fewer collisions than the stack agent alone,
+    while still going for the brick (unlike the avoid agent alone). Measured: stack 0.98, composed
+    0.40 (0.92 with the stack agent's Q alone), avoid 0.08 (docs/sql.md)."""
     from robot_sql.compose import compose
 
     for env_id, steps in (("SawyerStack-v0", CI_STACK_STEPS), ("SawyerAvoid-v0", CI_AVOID_STEPS)):
@@ -52,10 +53,10 @@ def test_composing_stack_with_avoid_collides_less_than_stack_alone(tmp_path):
     summary = {name: (result["collision_rate"], round(result["final_position_error"], 3), result["success_rate"])
                for name, result in (("stack", stack), ("avoid", avoid), ("composed", composed))}
     print(f"{COMBINED}: (collision rate, final distance m, success) {summary}")
-    assert stack["collision_rate"] >= 0.8  # straight at the brick, through the wall
+    assert stack["collision_rate"] >= 0.8  # straight at the brick, through the post
     assert composed["collision_rate"] <= stack["collision_rate"] - 0.3
     assert composed["final_position_error"] < avoid["final_position_error"] - 0.05
 
 
 COMBINED = "SawyerStackAvoid-v0"
-CI_STACK_STEPS, CI_AVOID_STEPS = 3000, 2000
+CI_STACK_STEPS, CI_AVOID_STEPS = 5000, 2000

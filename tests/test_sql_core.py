@@ -304,3 +304,19 @@ def test_composed_q_network_is_the_sum_or_mean_of_its_constituents(twin):
         assert torch.allclose(side_by_side(constituents).action_gradient(observations, actions), expected, atol=1e-5)
     with pytest.raises(ConfigError, match="depth"):
         side_by_side([constituents[0], QNetwork(5, 3, (16,), twin=twin)])
+
+
+@pytest.mark.parametrize("env, args, expected", [("corner", [], 3000), ("sawyer-stack-avoid", [], 15000),
+                                                 ("sawyer-stack-avoid", ["--updates", "7"], 7)])
+def test_compose_trains_the_sampler_for_the_combined_tasks_preset_unless_told(monkeypatch, tmp_path, env, args, expected):
+    from click.testing import CliRunner
+
+    from robot_sql import compose
+
+    calls = []
+    monkeypatch.setattr(compose, "compose", lambda *a, **kw: calls.append(a) or {"success_rate": 0.0, "mean_return": 0.0})
+    checkpoint = tmp_path / "agent.pt"
+    checkpoint.write_bytes(b"")
+    result = CliRunner().invoke(compose.compose_command, [str(checkpoint), str(checkpoint), "--env", env, "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 0, result.output
+    assert calls[0][4] == expected  # compose(checkpoints, env_id, out, mean, updates, ...)
