@@ -375,8 +375,11 @@ class Actor:
         if terminated or truncated:
             self.recent_returns.append(self.episode_return)
             self.recent_successes.append(float(bool(info.get("is_success", False))))
-            self.link.stats_outbox.append({"episode_return": self.episode_return, "episode_length": self.episode_length,
-                                           "episode_success": self.recent_successes[-1]})
+            episode = {"episode_return": self.episode_return, "episode_length": self.episode_length,
+                       "episode_success": self.recent_successes[-1]}
+            if "collision_steps" in info:  # the obstacle tasks count the steps that touched the obstacle
+                episode["episode_collision_steps"] = int(info["collision_steps"])
+            self.link.stats_outbox.append(episode)
             self.episodes += 1
             self._reset()
 

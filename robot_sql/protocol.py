@@ -73,9 +73,9 @@ REJECT_KINDS = (
     "unauthorized",  # a control request without the run's control token
 )
 # what an actor reports in stats messages (robot_sql/actor.py); the learner stores no other name
-STATS_NAMES = frozenset({"episode_return", "episode_length", "episode_success", "actor_steps_per_s",
-                         "actor_loop_period_max_ms", "actor_loop_period_mean_ms", "actor_unacked", "actor_dropped",
-                         "actor_weight_version"})
+STATS_NAMES = frozenset({"episode_return", "episode_length", "episode_success", "episode_collision_steps",
+                         "actor_steps_per_s", "actor_loop_period_max_ms", "actor_loop_period_mean_ms", "actor_unacked",
+                         "actor_dropped", "actor_weight_version"})
 
 log = logging.getLogger(__name__)
 

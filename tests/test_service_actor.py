@@ -1,6 +1,7 @@
 """The actor loop in-process on the MuJoCo Sawyer, driven over its real control channel (no learner)."""
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
 from tests.panel_support import run_token, wait_for
+from tests.test_service_limits import running_learner
 
 
 def start_actor(run_dir: Path, env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:
@@ -178,3 +180,40 @@ def test_every_published_weights_version_reaches_the_network_thread():
         link.stopping.set()
         link.join(10)
         context.destroy(linger=0)
+
+
+class EpisodeEnds(gymnasium.Wrapper):
+    """Records the `info` each episode ended with, as the env gave it."""
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        self.final_infos: list[dict] = []
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            self.final_infos.append(dict(info))
+        return observation, reward, terminated, truncated, info
+
+
+def test_an_obstacle_task_actor_reports_each_episodes_collision_steps_to_the_learner(tmp_path):
+    run_dir = tmp_path / "run"
+    with running_learner(run_dir, env="SawyerAvoid-v0") as learner:
+        env = EpisodeEnds(gymnasium.make("SawyerAvoid-v0"))  # 3 s episodes; many start touching the post
+        actor = Actor(env, ActorSettings(learner=f"127.0.0.1:{learner.settings.port}", env="SawyerAvoid-v0",
+                                         name="arm", control_bind="", paced=False, stats_every_s=60.0))
+        thread = threading.Thread(target=actor.run, daemon=True)
+        thread.start()
+
+        def reported() -> list[float]:
+            with sqlite3.connect(run_dir / "metrics.sqlite") as db:
+                return [value for (value,) in db.execute(
+                    "SELECT value FROM metrics WHERE source = 'arm' AND name = 'episode_collision_steps' ORDER BY rowid")]
+        try:
+            wait_for(lambda: len(reported()) >= 8, 120, "eight episodes' collision counts at the learner")
+        finally:
+            actor.link.stopping.set()
+            thread.join(10)
+    counted = [info["collision_steps"] for info in env.final_infos]
+    assert any(counted), counted  # the check below compares real counts, not only zeros
+    assert reported()[:8] == [float(steps) for steps in counted[:8]]

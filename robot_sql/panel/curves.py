@@ -48,6 +48,7 @@ TITLES = {
     "episode_return": "Episode return",
     "episode_length": "Episode length (steps)",
     "episode_success": "Success rate (last 20 episodes)",
+    "episode_collision_steps": "Steps touching the obstacle, per episode",
     "actor_steps_per_s": "Actor control rate (steps/s)",
     "actor_loop_period_mean_ms": "Control-loop period, mean (ms)",
     "actor_loop_period_max_ms": "Control-loop period, max (ms)",
