@@ -28,13 +28,12 @@ def side_by_side(q_functions: list[QNetwork], mean: bool = False) -> QNetwork:
     side by side, with block-diagonal weights so that no unit sees another constituent's units,
     and their output layers added. Exact for single-head Q-functions; with twin heads, head h is
     the sum of the constituents' heads h, and the min is taken over those sums."""
-    shapes = {(q.obs_dim, len(q.heads), len(q.heads[0])) for q in q_functions}
+    shapes = {(q.obs_dim, q.act_dim, len(q.heads), len(q.hidden_sizes)) for q in q_functions}
     if len(shapes) != 1:
-        raise ConfigError(f"constituent Q-networks differ in observation size, heads or depth: {sorted(shapes)}")
-    layers = [linears(q.heads[0], start=0) for q in q_functions]
-    hidden = tuple(sum(constituent[k].out_features for constituent in layers) for k in range(len(layers[0]) - 1))
-    in_features = layers[0][0].in_features
-    merged = QNetwork(q_functions[0].obs_dim, in_features - q_functions[0].obs_dim, hidden, twin=len(q_functions[0].heads) == 2)
+        raise ConfigError(f"constituent Q-networks differ in observation or action size, heads or depth: {sorted(shapes)}")
+    hidden = tuple(map(sum, zip(*(q.hidden_sizes for q in q_functions))))  # widths add up, layer by layer
+    first = q_functions[0]
+    merged = QNetwork(first.obs_dim, first.act_dim, hidden, twin=len(first.heads) == 2)
     scale = 1.0 / len(q_functions) if mean else 1.0
     with torch.no_grad():
         for h, head in enumerate(merged.heads):
@@ -63,7 +62,7 @@ def compose(checkpoints: list[Path], env_id: str, out: Path, mean: bool, updates
 
     q = side_by_side([agent.q for agent in constituents], mean=mean)
     base = constituents[0].config
-    config = SQLConfig(**{**vars(base), "seed": seed, "q_hidden_sizes": tuple(linear.out_features for linear in linears(q.heads[0], 0)[:-1])})
+    config = SQLConfig(**{**vars(base), "seed": seed, "q_hidden_sizes": q.hidden_sizes})
     composed = SoftQLearning(config)
     composed.q.load_state_dict(q.state_dict())
     composed.q_target.load_state_dict(q.state_dict())  # the Q-function stays fixed: only the sampler learns

@@ -198,7 +198,7 @@ class QNetwork(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], twin: bool = False):
         super().__init__()
-        self.obs_dim = obs_dim
+        self.obs_dim, self.act_dim, self.hidden_sizes = obs_dim, act_dim, tuple(hidden_sizes)
         sizes = [obs_dim + act_dim, *hidden_sizes, 1]
         self.heads = nn.ModuleList([mlp(sizes) for _ in range(2 if twin else 1)])
 
