@@ -554,6 +554,7 @@ def control_command(command: str, args: tuple[str, ...], run_dir: str | None, to
     reset_episode, perturb. Values of KEY=VALUE are JSON where they parse (true, 3, [1,2]), else text."""
     import json
 
+    from robot_sql.config import ConfigError
     from robot_sql.rundir import TokenFileError, read_token
 
     if (run_dir is None) == (token_file is None):
@@ -561,7 +562,7 @@ def control_command(command: str, args: tuple[str, ...], run_dir: str | None, to
     try:
         token = read_token(token_file or Path(run_dir) / "control.token")
     except TokenFileError as error:
-        raise click.ClickException(f"{error} (the learner makes it at its first start)") from None
+        raise ConfigError(f"{error} (the learner makes it at its first start)") from None
     values = {}
     for item in args:
         key, equals, value = item.partition("=")

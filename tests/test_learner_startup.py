@@ -166,6 +166,11 @@ def test_an_actor_control_channel_without_a_token_file_is_one_line_and_status_2(
     assert "control_token_file" in line and "missing.token" in line, line
 
 
+def test_control_without_the_runs_token_file_is_one_line_and_status_2(tmp_path):
+    line = refuse(["control", "status", "--run-dir", str(tmp_path / "no-run")])
+    assert "control.token" in line and "first start" in line, line
+
+
 def composed_agent(tmp_path: Path) -> Path:
     """compose's agent.pt from two small untrained MultiGoal agents (their replay.npz beside them)."""
     from robot_sql.compose import compose
