@@ -1,4 +1,5 @@
-"""The actor loop in-process on the MuJoCo Sawyer, driven over its real control channel (no learner)."""
+"""The actor loop in-process on the MuJoCo Sawyer, driven over its real control channel (no learner; one
+test with a real learner in this process, for what the actor reports)."""
 from __future__ import annotations
 
 import sqlite3
