@@ -20,7 +20,7 @@ from robot_sql.protocol import ControlClient, ControlError, encode
 from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
 from tests.panel_support import run_token, wait_for
-from tests.test_service_limits import running_learner
+from tests.service_support import running_learner
 
 
 def start_actor(run_dir: Path, env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:

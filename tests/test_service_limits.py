@@ -4,10 +4,8 @@ run's token, an ingest rate per sender and a disk budget.
 Real Learner objects in this process, real ZeroMQ sockets on loopback, real run directories."""
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
 import uuid
 
@@ -20,31 +18,15 @@ import zmq.auth
 
 from robot_sql.actor import ActorLink
 from robot_sql.learner import MAX_NONFINITE_UPDATES, Learner
-from robot_sql.ports import free_port_block
 from robot_sql.protocol import (PROTOCOL_VERSION, ControlClient, ControlError, Message, decode, encode, secure_client,
                                 session_tag)
-from robot_sql.rundir import MetricsStore, RunDir
-from robot_sql.service_settings import ActorSettings, LearnerSettings
+from robot_sql.rundir import MetricsStore
+from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import SoftQLearning, SQLConfig
 from tests.panel_support import wait_for
+from tests.service_support import running_learner
 
 HUGE = 3e38  # finite in float32
-
-
-@contextlib.contextmanager
-def running_learner(run_dir, **settings):
-    """A learner on MultiGoal-v0 (rows of 8 floats) in a thread; no training unless min_replay is lowered."""
-    values = {"port": free_port_block(3), "env": "MultiGoal-v0", "min_replay": 10 ** 9, "replay_capacity": 10_000,
-              "log_every_s": 0.2, **settings}
-    learner = Learner(RunDir.create(run_dir), LearnerSettings(**values))
-    thread = threading.Thread(target=learner.run, daemon=True)
-    thread.start()
-    try:
-        yield learner
-    finally:
-        learner.stop_requested.set()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 class Peer:
