@@ -1,4 +1,4 @@
-// A small line plot on a <canvas>: the panel's only charting (no libraries, works offline).
+// A small line plot on a <canvas>: the live panel's charts (the report pages draw static SVG: svgplot.js).
 // One line per source (the learner, each actor by name), an optional run to compare with (dashed),
 // hover values, drag-to-zoom (Shift/Ctrl + wheel too), double-click to reset, smoothing and the
 // x-axis (wall time or updates) from the options the page's controls set.
@@ -13,26 +13,6 @@ const plotOptions = {
   smoothing: 0,  // EMA weight 0..0.99 (as TensorBoard's smoothing: 0 = raw values)
   xAxis: "time",  // "time" (wall clock) or "updates" (the learner's SQL update count when the point was logged)
 };
-
-// about `count` round tick values covering [low, high]
-function niceTicks(low, high, count) {
-  const span = high - low || Math.abs(high) || 1;
-  const raw = span / count;
-  const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((f) => f * magnitude).find((s) => s >= raw);
-  const ticks = [];
-  for (let v = Math.ceil(low / step) * step; v <= high + step * 1e-9; v += step) ticks.push(v);
-  return ticks;
-}
-
-function formatNumber(v) {
-  if (v === 0) return "0";
-  const a = Math.abs(v);
-  if (a >= 1e5 || a < 1e-3) return v.toExponential(1);
-  if (a >= 100) return v.toFixed(0);
-  if (a >= 1) return v.toFixed(2).replace(/\.?0+$/, "");
-  return v.toPrecision(2);
-}
 
 function formatClock(seconds) {
   return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });

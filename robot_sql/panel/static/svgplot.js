@@ -1,4 +1,4 @@
-// A small SVG line plot for the report pages (no libraries, works offline).
+// A small SVG line plot for the report pages (no libraries, works offline); ticks and labels: numbers.js.
 "use strict";
 
 // the SVG namespace, as the HTML parser gives it (no URL in the page's files: the offline check looks for none)
@@ -13,24 +13,6 @@ function svgElement(name, attributes = {}, text = null) {
   for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
   if (text !== null) element.textContent = text;
   return element;
-}
-
-// about `count` round values covering [low, high]
-function roundTicks(low, high, count) {
-  const span = high - low || Math.abs(high) || 1;
-  const raw = span / count;
-  const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((f) => f * magnitude).find((s) => s >= raw);
-  const ticks = [];
-  for (let v = Math.ceil(low / step) * step; v <= high + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
-  return ticks;
-}
-
-function shortNumber(v) {
-  if (v === 0) return "0";
-  const a = Math.abs(v);
-  if (a >= 1e4 || a < 1e-3) return v.toExponential(1);
-  return String(Number(v.toPrecision(3)));
 }
 
 // options: title, xLabel, yLabel, series [{xs, ys, cls, label}], band [x0, x1] (shaded), hline y (dashed, labelled
@@ -54,12 +36,12 @@ function linePlot(options) {
     svg.appendChild(svgElement("rect", { x: px(b0), y: top, width: Math.max(px(b1) - px(b0), 2),
                                          height: height - top - bottom, class: "push" }));
   }
-  for (const y of roundTicks(y0, y1, 4)) {
+  for (const y of niceTicks(y0, y1, 4)) {
     svg.appendChild(svgElement("line", { x1: left, x2: width - right, y1: py(y), y2: py(y), class: "grid" }));
-    svg.appendChild(svgElement("text", { x: left - 4, y: py(y) + 3, "text-anchor": "end" }, shortNumber(y)));
+    svg.appendChild(svgElement("text", { x: left - 4, y: py(y) + 3, "text-anchor": "end" }, formatNumber(y)));
   }
-  for (const x of roundTicks(x0, x1, 6)) {
-    svg.appendChild(svgElement("text", { x: px(x), y: height - bottom + 13, "text-anchor": "middle" }, shortNumber(x)));
+  for (const x of niceTicks(x0, x1, 6)) {
+    svg.appendChild(svgElement("text", { x: px(x), y: height - bottom + 13, "text-anchor": "middle" }, formatNumber(x)));
   }
   svg.appendChild(svgElement("line", { x1: left, x2: left, y1: top, y2: height - bottom, class: "axis" }));
   svg.appendChild(svgElement("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, class: "axis" }));
