@@ -205,6 +205,7 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
 
     obs, _ = env.reset(seed=settings.seed)
     episode_return, episode_returns, episode_successes = 0.0, [], []
+    episode_collisions = []  # the obstacle tasks: steps each training episode touched the obstacle
     last_metrics: dict[str, float] = {}
     started = time.perf_counter()
     with (out / "metrics.jsonl").open("w") as log, tqdm(total=settings.steps, disable=not progress, desc=env_alias(env_id), unit="step") as bar:
@@ -217,6 +218,8 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
             if terminated or truncated:
                 episode_returns.append(episode_return)
                 episode_successes.append(float(info.get("is_success", terminated)))
+                if "collision_steps" in info:
+                    episode_collisions.append(info["collision_steps"])
                 episode_return = 0.0
                 obs, _ = env.reset()
 
@@ -239,6 +242,9 @@ def train(env_id: str, settings: TrainSettings, out: Path, init: Path | None = N
                     "reward_scale": agent.config.reward_scale,
                     **last_metrics,
                 }
+                if episode_collisions:  # what training cost in touches: the last 20 episodes', and all so far
+                    touched = np.asarray(episode_collisions) > 0
+                    row.update(collision_rate=float(np.mean(touched[recent])), collision_episodes=int(touched.sum()))
                 if evaluate_now:
                     periodic = evaluate(agent, env_id, settings.eval_every_episodes, seed=settings.eval_seed)
                     row.update({f"eval_{key}": periodic[key] for key in EVAL_KEYS if key in periodic})

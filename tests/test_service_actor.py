@@ -21,6 +21,7 @@ from robot_sql.service_settings import ActorSettings
 from robot_sql.sql import Sampler
 from tests.panel_support import run_token, wait_for
 from tests.service_support import running_learner
+from tests.sim_support import EpisodeEnds
 
 
 def start_actor(run_dir: Path, env_id: str, **settings) -> tuple[Actor, threading.Thread, ControlClient]:
@@ -181,20 +182,6 @@ def test_every_published_weights_version_reaches_the_network_thread():
         link.stopping.set()
         link.join(10)
         context.destroy(linger=0)
-
-
-class EpisodeEnds(gymnasium.Wrapper):
-    """Records the `info` each episode ended with, as the env gave it."""
-
-    def __init__(self, env: gymnasium.Env):
-        super().__init__(env)
-        self.final_infos: list[dict] = []
-
-    def step(self, action):
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            self.final_infos.append(dict(info))
-        return observation, reward, terminated, truncated, info
 
 
 def test_an_obstacle_task_actor_reports_each_episodes_collision_steps_to_the_learner(tmp_path):

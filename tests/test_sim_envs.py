@@ -12,6 +12,7 @@ import robot_sql  # noqa: F401  (registers the envs)
 from robot_sql import sawyer
 from robot_sql.cli import main
 from robot_sql.envs import ENVIRONMENTS
+from tests.sim_support import EpisodeEnds
 
 SAWYER_ENVS = ["SawyerReach-v0", "SawyerLegoStack-v0", "SawyerPretrain-v0"]  # what `robot-sql bench sim` times
 OBSTACLE_ENVS = ["SawyerStack-v0", "SawyerAvoid-v0", "SawyerStackAvoid-v0"]
@@ -168,3 +169,18 @@ def test_evaluation_reports_the_share_of_episodes_that_touched_the_post(monkeypa
     monkeypatch.setattr(gymnasium, "make", lambda env_id, **kwargs: policy.env)  # evaluate's env: the one it steers
     result = evaluate(policy, "SawyerStackAvoid-v0", episodes=3, seed=0)
     assert result["collision_rate"] == 1.0 and result["mean_collision_steps"] > 0 and result["success_rate"] == 1.0
+
+
+def test_training_logs_how_many_episodes_touched_the_post(tmp_path, monkeypatch):
+    from robot_sql.config import load_settings
+    from robot_sql.train import TrainSettings, train
+
+    env = EpisodeEnds(gymnasium.make("SawyerAvoid-v0"))  # 3 s episodes from anywhere around the post: some touch it
+    monkeypatch.setattr(gymnasium, "make", lambda env_id, **kwargs: env)  # train's env: the one recorded here
+    settings = load_settings(TrainSettings, seed=0, steps=1800, min_pool_size=10 ** 6, log_every=600, eval_episodes=0)
+    train("SawyerAvoid-v0", settings, tmp_path, progress=False)  # the untrained sampler: no update before 10**6 steps
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    touched = [info["collision_steps"] > 0 for info in env.final_infos]
+    assert len(touched) == 30 and 0 < sum(touched) < 30, touched  # both kinds: the counts below are not all or none
+    assert [row["collision_episodes"] for row in rows] == [sum(touched[:10]), sum(touched[:20]), sum(touched)]
+    assert rows[-1]["collision_rate"] == pytest.approx(np.mean(touched[-20:]))
