@@ -19,7 +19,7 @@ from tqdm import trange
 
 from robot_sql.config import ConfigError
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, linears, load_checkpoint, save_policy
+from robot_sql.sql import QNetwork, SoftQLearning, SQLConfig, linears, save_policy
 from robot_sql.train import evaluate, preset, resolve_env_id, write_eval
 
 
@@ -54,7 +54,7 @@ def compose(checkpoints: list[Path], env_id: str, out: Path, mean: bool, updates
     `init`), out/policy.pt and out/eval.json on `env_id`."""
     if len(checkpoints) < 2:
         raise ConfigError("compose needs at least two checkpoints")
-    constituents = [SoftQLearning.from_state_dict(load_checkpoint(path), device="cpu") for path in checkpoints]
+    constituents = [SoftQLearning.load(path, device="cpu") for path in checkpoints]
     dims = {(agent.config.obs_dim, agent.config.act_dim) for agent in constituents}
     if len(dims) != 1:
         raise ConfigError(f"checkpoints disagree on (obs_dim, act_dim): {sorted(dims)}")

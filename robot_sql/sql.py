@@ -558,7 +558,7 @@ class SoftQLearning:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> "SoftQLearning":
-        return cls.from_state_dict(load_checkpoint(path), device=device)
+        return cls.from_state_dict(load_agent_state(path), device=device)
 
 
 def save_policy(sampler: Sampler, path: str | Path) -> None:
@@ -570,14 +570,21 @@ def save_policy(sampler: Sampler, path: str | Path) -> None:
 
 
 def load_policy(path: str | Path) -> Sampler:
-    """The sampler of an agent checkpoint or of a policy-only checkpoint, on CPU."""
-    state = load_checkpoint(path)
+    """The sampler of an agent checkpoint (a learner's included) or of a policy-only checkpoint, on CPU."""
+    state = load_agent_state(path)
     if "sampler" not in state or "config" not in state:
         raise ValueError(f"{path} is not an agent or policy checkpoint (no 'sampler'/'config')")
     config = state["config"]
     sampler = Sampler(config["obs_dim"], config["act_dim"], tuple(config["hidden_sizes"]))
     sampler.load_state_dict(state["sampler"])
     return sampler
+
+
+def load_agent_state(path: str | Path) -> dict:
+    """The agent in a checkpoint: train's and compose's agent.pt are one; the learner's learner.pt (and
+    its history copies) keep it under "agent", beside the learner's own state."""
+    state = load_checkpoint(path)
+    return state["agent"] if "agent" in state else state
 
 
 # what reading a checkpoint that is damaged, missing or not one raises (load_checkpoint, then its keys)

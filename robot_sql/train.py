@@ -24,7 +24,7 @@ from tqdm import tqdm
 import robot_sql  # noqa: F401  (registers the environments)
 from robot_sql.config import ConfigError, Settings, dump_settings, load_settings
 from robot_sql.replay import ReplayBuffer
-from robot_sql.sql import CHECKPOINT_READ_ERRORS, Sampler, SoftQLearning, SQLConfig, load_checkpoint, load_policy
+from robot_sql.sql import CHECKPOINT_READ_ERRORS, Sampler, SoftQLearning, SQLConfig, load_policy
 
 # Short names for the command line.
 ENV_ALIASES = {
@@ -155,10 +155,10 @@ def make_sql_config(env: gymnasium.Env, env_id: str, overrides: dict[str, Any], 
 
 def initial_agent(path: Path, env: gymnasium.Env, env_id: str, overrides: dict[str, Any],
                   device: str = "auto") -> SoftQLearning:
-    """The agent of a checkpoint (train's or compose's agent.pt) to go on training on `env_id`, with the
+    """The agent of a checkpoint (train's or compose's agent.pt, a learner's learner.pt) to go on training on `env_id`, with the
     `overrides` of its training settings (its networks stay as they are); a mismatch is a ConfigError."""
     try:
-        agent = SoftQLearning.from_state_dict(load_checkpoint(path), device=device)
+        agent = SoftQLearning.load(path, device=device)
     except CHECKPOINT_READ_ERRORS as error:
         raise ConfigError(f"init checkpoint {path}: not an agent checkpoint ({type(error).__name__}: {error})") from error
     expected = (env.observation_space.shape[0], env.action_space.shape[0])

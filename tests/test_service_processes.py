@@ -110,13 +110,20 @@ def test_two_actor_processes_and_a_learner_train_multigoal(service):
     statuses = [service.actor_status(f"actor-{index}") for index in range(2)]
     assert all(status["acked_transitions"] > 500 for status in statuses), statuses
 
-    agent = SoftQLearning.from_state_dict(load_checkpoint(service.run_dir / "checkpoints" / "learner.pt")["agent"])
+    checkpoint = service.run_dir / "checkpoints" / "learner.pt"
+    agent = SoftQLearning.load(checkpoint)  # the agent inside the learner's checkpoint, as from train's agent.pt
     assert agent.updates == 3000
     # two processes feed one replay, so runs differ: 3000 updates have scored 0.42 to 0.72, untrained 0.0
     trained = evaluate(agent, "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
     untrained = evaluate(SoftQLearning(agent.config), "MultiGoal-v0", episodes=100, seed=123)["success_rate"]
     print(f"MultiGoal success rate: trained {trained:.2f}, untrained {untrained:.2f}")
     assert trained >= 0.3 and trained >= untrained + 0.25, (trained, untrained)
+    # `robot-sql eval` takes the learner's checkpoint as it takes train's agent.pt
+    out = service.run_dir.parent / "eval"
+    evaluated = subprocess.run([ROBOT_SQL, "eval", str(checkpoint), "--env", "multigoal", "--episodes", "20",
+                                "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 20
 
 
 def test_kill_9_of_the_learner_loses_nothing_acknowledged_and_actors_ride_through(service):
