@@ -584,7 +584,10 @@ def load_agent_state(path: str | Path) -> dict:
     """The agent in a checkpoint: train's and compose's agent.pt are one; the learner's learner.pt (and
     its history copies) keep it under "agent", beside the learner's own state."""
     state = load_checkpoint(path)
-    return state["agent"] if "agent" in state else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not an agent, policy or learner checkpoint (it holds a {type(state).__name__})")
+    agent = state.get("agent")
+    return agent if isinstance(agent, dict) else state
 
 
 # what reading a checkpoint that is damaged, missing or not one raises (load_checkpoint, then its keys)

@@ -263,3 +263,16 @@ def test_an_init_checkpoint_that_is_not_an_agent_for_the_env_is_one_line_and_sta
         run = tmp_path / f"run-{name}"
         line = refuse(["learner", "--run-dir", str(run), "--port", str(free_port_block(3)), "--init", str(tmp_path / name)])
         assert expected in line and (name in line or name == "missing.pt"), line
+
+
+def test_a_checkpoint_command_given_a_file_that_holds_no_agent_is_one_line_and_status_2(tmp_path):
+    import torch
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but no checkpoint of ours
+    torch.save({"agent": 5}, tmp_path / "odd_learner.pt")  # a learner checkpoint's key, no agent under it
+    for name, expected in (("tensor.pt", "holds a Tensor"), ("odd_learner.pt", "not an agent or policy checkpoint")):
+        line = refuse(["eval", str(tmp_path / name), "--env", "multigoal", "--out", str(tmp_path / "eval")])
+        assert expected in line and name in line, line
+    line = refuse(["learner", "--run-dir", str(tmp_path / "run"), "--port", str(free_port_block(3)),
+                   "--init", str(tmp_path / "tensor.pt")])
+    assert "holds a Tensor" in line and "tensor.pt" in line, line
