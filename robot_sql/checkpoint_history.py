@@ -72,18 +72,11 @@ def evaluate_checkpoint(path: Path, env: str, episodes: int, seed: int) -> dict[
     """The stochastic policy of a learner, agent or policy checkpoint on `env`: robot_sql.train.evaluate's summary."""
     import torch
 
-    from robot_sql.sql import Sampler, load_checkpoint
+    from robot_sql.sql import load_policy
     from robot_sql.train import evaluate, resolve_env_id
 
     torch.set_num_threads(1)
-    state = load_checkpoint(path)
-    state = state.get("agent", state)  # a learner checkpoint holds the agent's state under "agent"
-    if "sampler" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a learner, agent or policy checkpoint (no 'sampler'/'config')")
-    config = state["config"]
-    sampler = Sampler(config["obs_dim"], config["act_dim"], tuple(config["hidden_sizes"]))
-    sampler.load_state_dict(state["sampler"])
-    result = evaluate(sampler, resolve_env_id(env), episodes, seed)
+    result = evaluate(load_policy(path), resolve_env_id(env), episodes, seed)
     return {key: value for key, value in result.items() if key != "trajectories"}
 
 
